@@ -1,0 +1,194 @@
+"""The on-disk slice cache: shared preprocessing, built once, read by memory-mapping.
+
+Preprocessing, identical for every method: the adapter returns each volume in the canonical orientation; the
+volume is moved so the slicing axis is first; intensities are clipped per volume at a low and a high percentile;
+slices are resized to ``size x size`` (area interpolation for images, label maps resized as one-hot channels then
+arg-maxed, which keeps thin structures better than nearest-neighbour); and each modality is normalised to zero
+mean, unit variance with statistics from its *training* volumes only. The in-plane spacing stored in the index is
+the spacing on the resized grid, which is the grid evaluation runs on.
+
+A cache directory is named by a hash of the dataset, its version, its split, its root and the preprocessing
+settings. It is built in a temporary directory and renamed into place in one step, so an interrupted build
+leaves nothing a later run would trust.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import DataError
+
+CACHE_ENV = "FSUDA_CACHE"
+INDEX = "index.json"
+
+
+def cache_root() -> Path:
+    """Where slice caches live: ``$FSUDA_CACHE`` or ``~/.cache/fsuda-benchmark``."""
+    env = os.environ.get(CACHE_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "fsuda-benchmark"
+
+
+@dataclass(frozen=True)
+class PreprocessSettings:
+    """The preprocessing that defines a cache."""
+
+    size: int = 64
+    clip_low: float = 0.5
+    clip_high: float = 99.5
+
+    def key(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _resize_slices(volume: np.ndarray, size: int, *, labels: int | None = None) -> np.ndarray:
+    """Resize (N, H, W) slices to (N, size, size); ``labels`` = number of classes for a label map."""
+    import cv2
+
+    n, h, w = volume.shape
+    if (h, w) == (size, size):
+        return volume.copy()
+    interp = cv2.INTER_AREA if size < min(h, w) else cv2.INTER_LINEAR
+    if labels is None:
+        return np.stack([cv2.resize(s, (size, size), interpolation=interp) for s in volume]).astype(np.float32)
+    out = np.empty((n, size, size), dtype=np.uint8)
+    for i, s in enumerate(volume):
+        scores = [cv2.resize((s == c).astype(np.float32), (size, size), interpolation=interp) for c in range(labels)]
+        out[i] = np.argmax(np.stack(scores), axis=0)
+    return out
+
+
+def _preprocess_one(dataset: str, root: str | None, modality: str, case_id: str,
+                    settings: PreprocessSettings) -> dict[str, Any]:
+    from . import registry
+
+    registry.discover(kinds=("datasets",))
+    adapter = registry.DATASETS.get(dataset)(root)
+    case = adapter.load_case(modality, case_id)
+    axis = adapter.slice_axis
+    image = np.moveaxis(case.image.astype(np.float32), axis, 0)
+    lo, hi = np.percentile(image, [settings.clip_low, settings.clip_high])
+    image = np.clip(image, lo, hi)
+    in_plane = [case.spacing[i] for i in range(3) if i != axis]
+    _, h, w = image.shape
+    spacing = (float(case.spacing[axis]), in_plane[0] * h / settings.size, in_plane[1] * w / settings.size)
+    label = None
+    if case.label is not None:
+        label = _resize_slices(np.moveaxis(case.label, axis, 0), settings.size, labels=max(adapter.classes.values()) + 1)
+    return {"image": _resize_slices(image, settings.size), "label": label, "spacing": spacing,
+            "raw_shape": list(case.image.shape)}
+
+
+class SliceCache:
+    """Read access to a built cache: per-modality slice arrays opened with ``mmap_mode="r"``."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        try:
+            self.index = json.loads((self.path / INDEX).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise DataError(f"The slice cache {self.path} is unreadable ({exc}); delete it and run again.") from None
+        self._arrays: dict[str, np.ndarray] = {}
+
+    def array(self, modality: str, kind: str) -> np.ndarray:
+        """``kind`` is "images" (float32) or "labels" (uint8), shape (slices, size, size)."""
+        key = f"{modality}_{kind}"
+        if key not in self._arrays:
+            self._arrays[key] = np.load(self.path / f"{key}.npy", mmap_mode="r")
+        return self._arrays[key]
+
+    def case_info(self, modality: str, case_id: str) -> dict[str, Any]:
+        try:
+            return self.index["cases"][modality][case_id]
+        except KeyError:
+            raise DataError(f"Case {modality}/{case_id} is not in the slice cache {self.path}.") from None
+
+    def slice_range(self, modality: str, case_id: str) -> range:
+        info = self.case_info(modality, case_id)
+        return range(info["start"], info["stop"])
+
+    def volume(self, modality: str, case_id: str) -> tuple[np.ndarray, np.ndarray | None, tuple[float, ...]]:
+        """Slices of one case (slices, H, W), its labels and its spacing (slice axis first)."""
+        r = self.slice_range(modality, case_id)
+        labels = self.array(modality, "labels")[r.start:r.stop] if self.index["has_labels"][modality] else None
+        return np.asarray(self.array(modality, "images")[r.start:r.stop]), (
+            None if labels is None else np.asarray(labels)), tuple(self.case_info(modality, case_id)["spacing"])
+
+
+def cache_key(adapter, settings: PreprocessSettings) -> str:
+    blob = json.dumps({"dataset": adapter.name, "version": adapter.version, "split": adapter.split,
+                       "root": str(adapter.root.resolve()) if adapter.root else None,
+                       "classes": adapter.classes, "slice_axis": adapter.slice_axis,
+                       "settings": settings.key()}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def cache_path(adapter, settings: PreprocessSettings, root: Path | None = None) -> Path:
+    return (root or cache_root()) / adapter.name / cache_key(adapter, settings)
+
+
+def prepare(adapter, settings: PreprocessSettings, *, root: Path | None = None, workers: int | None = None,
+            log=print) -> SliceCache:
+    """Build the slice cache for ``adapter`` once (returns the existing one when present)."""
+    final = cache_path(adapter, settings, root)
+    if (final / INDEX).exists():
+        return SliceCache(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    jobs = [(m, c, s) for m in adapter.modalities for s in ("train", "test") for c in adapter.cases(m, s)]
+    workers = workers or min(len(jobs), max(1, (os.cpu_count() or 1)))
+    log(f"Preparing the {adapter.name} slice cache ({len(jobs)} volumes, {settings.size}x{settings.size} slices, "
+        f"{workers} processes) in {final}")
+    args = [(adapter.name, str(adapter.root) if adapter.root else None, m, c, settings) for m, c, _ in jobs]
+    if workers > 1:
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            results = list(pool.map(_preprocess_one, *zip(*args)))
+    else:
+        results = [_preprocess_one(*a) for a in args]
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        index: dict[str, Any] = {"dataset": adapter.name, "version": adapter.version, "settings": settings.key(),
+                                 "classes": adapter.classes, "cases": {}, "stats": {}, "has_labels": {}}
+        for modality in adapter.modalities:
+            entries = [(c, s, r) for (m, c, s), r in zip(jobs, results) if m == modality]
+            train = [r["image"] for _, s, r in entries if s == "train"]
+            if not train:
+                raise DataError(f"{adapter.name}: modality {modality!r} has no training volumes in its split.")
+            flat = np.concatenate([t.ravel() for t in train]).astype(np.float64)
+            mean, std = float(flat.mean()), float(flat.std()) or 1.0
+            index["stats"][modality] = {"mean": mean, "std": std}
+            has_labels = all(r["label"] is not None for _, _, r in entries)
+            index["has_labels"][modality] = has_labels
+            images = np.concatenate([(r["image"] - mean) / std for _, _, r in entries]).astype(np.float32)
+            np.save(tmp / f"{modality}_images.npy", images)
+            if has_labels:
+                np.save(tmp / f"{modality}_labels.npy", np.concatenate([r["label"] for _, _, r in entries]))
+            cases, start = {}, 0
+            for c, s, r in entries:
+                n = r["image"].shape[0]
+                cases[c] = {"start": start, "stop": start + n, "split": s, "spacing": r["spacing"],
+                            "raw_shape": r["raw_shape"]}
+                start += n
+            index["cases"][modality] = cases
+        (tmp / INDEX).write_text(json.dumps(index, indent=1, sort_keys=True))
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not (final / INDEX).exists():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # another process finished the same cache first
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return SliceCache(final)

@@ -1,0 +1,238 @@
+"""``python -m benchmark``: run, ls, leaderboard, publish, prepare.
+
+Usage errors (an unknown method, an impossible shot count, a bad option) exit with code 2 and a one-paragraph
+message; other errors a user can cause (a corrupt file, a failed trial) exit with code 1 and print no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from .errors import BenchmarkError, UsageError
+
+DEFAULT_OUT = "runs"
+
+
+def _csv(value: str) -> list[str]:
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError("expected a comma-separated list")
+    return items
+
+
+def _int_list(value: str) -> list[int]:
+    out: list[int] = []
+    for item in _csv(value):
+        try:
+            if "-" in item[1:]:
+                lo, hi = item.split("-", 1)
+                out.extend(range(int(lo), int(hi) + 1))
+            else:
+                out.append(int(item))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{item!r} is not an integer or a range like 0-4") from None
+    return out
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # exit 2 with a sentence, as argparse does, but never a traceback
+        self.print_usage(sys.stderr)
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m benchmark", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    r = sub.add_parser("run", help="train and evaluate methods over shots, directions and seeds (Ray Tune)")
+    r.add_argument("--methods", type=_csv, default=["source_only", "oracle"],
+                   help="comma-separated method names (default: source_only,oracle)")
+    r.add_argument("--shots", type=_csv, default=["1", "4"], help="labeled source volumes: e.g. 1,4 or all")
+    r.add_argument("--directions", type=_csv, default=None, help="e.g. mr2ct,ct2mr (default: both ways)")
+    r.add_argument("--seeds", type=_int_list, default=[0, 1, 2], help="e.g. 0,1,2 or 0-4 (default: 0,1,2)")
+    r.add_argument("--dataset", default="synthetic-heart")
+    r.add_argument("--data-root", default=None, help="where a real dataset's files are")
+    r.add_argument("--preset", default="quick", help="quick (default), standard or paper")
+    r.add_argument("--steps", type=int, default=None, help="override the preset's number of training steps")
+    r.add_argument("--hparam-samples", type=_int_list, default=[0],
+                   help="hyperparameter samples (0 = defaults); e.g. 0-4")
+    r.add_argument("--out", default=DEFAULT_OUT, help=f"results directory (default: ./{DEFAULT_OUT})")
+    r.add_argument("--cpus-per-trial", type=float, default=1.0)
+    r.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractions allowed, e.g. 0.25")
+    r.add_argument("--address", default=None, help="an existing Ray cluster (default: RAY_ADDRESS or a local Ray)")
+    r.add_argument("--retry-failed", action="store_true", help="run failed trials again")
+    r.add_argument("--dry-run", action="store_true", help="print the plan and stop")
+
+    sub.add_parser("ls", help="list methods and datasets with where each was loaded from")
+
+    lb = sub.add_parser("leaderboard", help="print the leaderboards of a run directory or of leaderboards/")
+    lb.add_argument("dir", nargs="?", default=DEFAULT_OUT)
+
+    pub = sub.add_parser("publish", help="merge a run's rows into leaderboards/<dataset>/<direction>.csv")
+    pub.add_argument("dir", nargs="?", default=DEFAULT_OUT)
+    pub.add_argument("--to", default=None, help="leaderboards directory (default: the repository's leaderboards/)")
+
+    pr = sub.add_parser("prepare", help="build a dataset's slice cache")
+    pr.add_argument("dataset", nargs="?", default="synthetic-heart")
+    pr.add_argument("--root", "--data-root", dest="root", default=None)
+    pr.add_argument("--preset", default="quick")
+    pr.add_argument("--workers", type=int, default=None)
+    return p
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .leaderboard import build_rows, format_table, write_leaderboards
+    from .runner import build_grid, run_grid, run_lock
+    from .store import ResultsStore
+
+    if args.cpus_per_trial <= 0 or args.gpus_per_trial < 0:
+        raise UsageError("--cpus-per-trial must be positive and --gpus-per-trial non-negative.")
+    if args.steps is not None and args.steps < 1:
+        raise UsageError(f"--steps {args.steps} is impossible: train for at least one step.")
+    specs = build_grid(dataset=args.dataset, methods=args.methods, shots=args.shots, directions=args.directions,
+                       seeds=args.seeds, preset=args.preset, hparam_samples=args.hparam_samples,
+                       data_root=args.data_root, preset_overrides={"steps": args.steps})
+    out = Path(args.out)
+    store = ResultsStore(out)
+    states = [store.status(s) for s in specs]
+    n_ok, n_failed = states.count("ok"), states.count("failed")
+    to_run = len(specs) - n_ok - (0 if args.retry_failed else n_failed)
+    dims = (f"{len(set(s.method for s in specs))} methods x {len(set(str(s.shots) for s in specs))} shot counts x "
+            f"{len(set(s.direction for s in specs))} directions x {len(args.seeds)} seeds"
+            + (f" x {len(args.hparam_samples)} hyperparameter samples" if len(args.hparam_samples) > 1 else ""))
+    print(f"Plan: {len(specs)} trials ({dims}) on {args.dataset}, preset {args.preset}.")
+    print(f"      {n_ok} already finished, {n_failed} failed earlier"
+          f" ({'to retry' if args.retry_failed else 'kept; --retry-failed runs them again'}), {to_run} to run.")
+    print(f"      Results: {out / 'trials'}   Leaderboards: {out / 'leaderboards'}")
+    if args.dry_run:
+        return 0
+    t0 = time.perf_counter()
+    with run_lock(out):
+        summary = run_grid(specs, out, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+                           address=args.address, retry_failed=args.retry_failed)
+        records = list(store.records())
+        paths = write_leaderboards(records, out / "leaderboards")
+    rows = build_rows(records)
+    print()
+    print(format_table(rows))
+    print()
+    print(f"Done in {time.perf_counter() - t0:.0f} s: {summary.ran} trials run ({summary.ok} ok, {summary.failed} "
+          f"failed), {summary.skipped} skipped as already recorded.")
+    for p in paths:
+        print(f"Leaderboard: {p}")
+    failed = [r for r in (store.read(s) for s in specs) if r is not None and r["status"] == "failed"]
+    if failed:
+        print(f"\n{len(failed)} trial(s) of this plan failed; their records are kept in {out / 'trials'}:",
+              file=sys.stderr)
+        for r in failed:
+            print(f"  {r['label']} ({r['trial_id']}): {r['error'].splitlines()[0][:300]}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    from . import registry
+
+    registry.discover()
+    for reg in (registry.METHODS, registry.PLUGINS, registry.DATASETS):
+        print(f"{reg.kind}:")
+        if not len(reg):
+            print("  (none)")
+        for entry in reg:
+            alias = f" (aliases: {', '.join(entry.aliases)})" if entry.aliases else ""
+            print(f"  {entry.name:<18} {entry.description}{alias}")
+            print(f"  {'':<18} from {_short(entry.source)}")
+    return 0
+
+
+def _short(path: str) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return path
+
+
+def _load_rows(directory: Path):
+    import pandas as pd
+
+    from .leaderboard import build_rows, read_leaderboard
+    from .store import ResultsStore
+
+    if (directory / "trials").is_dir():
+        return build_rows(list(ResultsStore(directory).records()))
+    csvs = sorted(directory.glob("*/*.csv")) or sorted(directory.glob("*.csv"))
+    if not csvs:
+        raise UsageError(f"{directory} holds neither a run (a trials/ folder) nor leaderboard CSVs.")
+    return pd.concat([read_leaderboard(p) for p in csvs], ignore_index=True)
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from .leaderboard import format_table
+
+    directory = Path(args.dir)
+    if not directory.exists():
+        raise UsageError(f"{directory} does not exist; pass a run directory (--out of run) or leaderboards/.")
+    rows = _load_rows(directory)
+    if rows.empty:
+        raise UsageError(f"{directory} has no finished trials yet.")
+    print(format_table(rows))
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from .leaderboard import publish
+    from .registry import REPO_ROOT
+    from .store import ResultsStore
+
+    directory = Path(args.dir)
+    if not (directory / "trials").is_dir():
+        raise UsageError(f"{directory} is not a run directory (it has no trials/ folder); pass the --out of a run.")
+    from .leaderboard import build_rows
+
+    rows = build_rows(list(ResultsStore(directory).records()))
+    if rows.empty:
+        raise UsageError(f"{directory} has no finished trials to publish.")
+    target = Path(args.to) if args.to else REPO_ROOT / "leaderboards"
+    for path in publish(rows, target):
+        print(f"Published {path}")
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from . import get_dataset
+    from .cache import PreprocessSettings, prepare
+    from .presets import get_preset
+    from .store import human_size
+
+    adapter = get_dataset(args.dataset, args.root)
+    settings = PreprocessSettings(size=get_preset(args.preset)["size"])
+    t0 = time.perf_counter()
+    cache = prepare(adapter, settings, workers=args.workers)
+    n = sum(len(v) for v in cache.index["cases"].values())
+    print(f"Slice cache ready: {cache.path} ({n} volumes, {human_size(cache.path)}, {time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "ls": cmd_ls, "leaderboard": cmd_leaderboard, "publish": cmd_publish,
+            "prepare": cmd_prepare}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except BenchmarkError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("Interrupted; finished trials are recorded and a new run resumes the others.", file=sys.stderr)
+        return 130

@@ -1,0 +1,108 @@
+"""Training batches from the slice cache: labeled source, unlabeled source, unlabeled target, labeled target.
+
+Every stream is a set of volumes; a batch draws slices uniformly from that set's slices. Labels are returned only
+for the labeled streams, and target test volumes are never part of any stream. The draw and the augmentation of
+step ``t`` depend only on ``(seed, t)``, which makes a resumed run identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import numpy as np
+import torch
+
+from .cache import SliceCache
+from .protocol import derive_seed
+
+#: The streams a method can ask for, and whether each carries labels.
+STREAMS = {
+    "source": True,               # the K labeled source training volumes
+    "source_unlabeled": False,    # the other source training volumes
+    "target": False,              # every target training volume, unlabeled
+    "target_labeled": True,       # K labeled target training volumes (the oracle reference only)
+}
+
+
+@dataclass
+class Batch:
+    """Tensors (B, 1, H, W) for images and (B, H, W) int64 for labels; absent streams are None."""
+
+    source_x: torch.Tensor | None = None
+    source_y: torch.Tensor | None = None
+    source_unlabeled_x: torch.Tensor | None = None
+    target_x: torch.Tensor | None = None
+    target_labeled_x: torch.Tensor | None = None
+    target_labeled_y: torch.Tensor | None = None
+
+    def to(self, device: torch.device | str) -> "Batch":
+        return Batch(**{k: (None if v is None else v.to(device, non_blocking=True)) for k, v in vars(self).items()})
+
+
+def build_augmentation(strength: str = "standard"):
+    """Albumentations pipeline for 2D slices (geometric + mild intensity); ``"none"`` disables it."""
+    import albumentations as A
+
+    if strength == "none":
+        return None
+    return A.Compose([
+        A.Affine(scale=(0.9, 1.1), rotate=(-15, 15), translate_percent=(-0.06, 0.06), shear=(-5, 5),
+                 interpolation=1, mask_interpolation=0, border_mode=0, fill=0, fill_mask=0, p=0.8),
+        A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.15, p=0.5),
+        A.GaussNoise(std_range=(0.0, 0.05), p=0.3),
+    ], seed=0)
+
+
+@dataclass
+class Stream:
+    modality: str
+    cases: list[str]
+    labeled: bool
+    slices: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+
+class BatchSampler:
+    """Draws the batch for step ``t`` of a trial from the streams a method needs."""
+
+    def __init__(self, cache: SliceCache, streams: dict[str, Stream], batch_size: int, seed: int,
+                 augment: str = "standard"):
+        for name, stream in streams.items():
+            if name not in STREAMS:
+                raise ValueError(f"Unknown stream {name!r}; streams are {', '.join(STREAMS)}.")
+            if not stream.cases:
+                raise ValueError(f"Stream {name!r} has no volumes.")
+            stream.slices = np.concatenate(
+                [np.arange(r.start, r.stop) for r in (cache.slice_range(stream.modality, c) for c in stream.cases)])
+        self.cache, self.streams, self.batch_size, self.seed = cache, streams, batch_size, seed
+        self.augment = build_augmentation(augment)
+
+    def batch(self, step: int) -> Batch:
+        rng = np.random.default_rng(derive_seed("batch", self.seed, step))
+        if self.augment is not None:
+            self.augment.set_random_seed(derive_seed("augment", self.seed, step))
+        out = Batch()
+        for name, stream in self.streams.items():
+            idx = np.sort(rng.choice(stream.slices, size=self.batch_size, replace=len(stream.slices) < self.batch_size))
+            images = np.asarray(self.cache.array(stream.modality, "images")[idx], dtype=np.float32)
+            labels = (np.asarray(self.cache.array(stream.modality, "labels")[idx], dtype=np.uint8)
+                      if STREAMS[name] else None)
+            images, labels = self._augment(images, labels)
+            setattr(out, f"{name}_x", torch.from_numpy(images[:, None]))
+            if labels is not None:
+                setattr(out, f"{name}_y", torch.from_numpy(labels.astype(np.int64)))
+        return out
+
+    def _augment(self, images: np.ndarray, labels: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+        if self.augment is None:
+            return images, labels
+        out_x, out_y = np.empty_like(images), None if labels is None else np.empty_like(labels)
+        for i in range(len(images)):
+            if labels is None:
+                out_x[i] = self.augment(image=images[i])["image"]
+            else:
+                res = self.augment(image=images[i], mask=labels[i])
+                out_x[i], out_y[i] = res["image"], res["mask"]
+        return out_x, out_y

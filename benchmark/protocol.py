@@ -1,0 +1,126 @@
+"""The evaluation protocol ``fsuda-v1``: tracks, directions, few-shot selection and trial identity.
+
+* A *track* is (dataset, direction); a direction ``<src>2<tgt>`` names the source and target modality
+  (``mr2ct``: labeled MR, unlabeled CT).
+* ``shots = K`` labels K source training *volumes*, chosen by the seed from the frozen training split. The choice
+  is a seeded permutation of the sorted training IDs, and the K labeled volumes are its first K entries, so for
+  the same seed the 1-shot volume is among the 4-shot volumes. The other source training volumes are unlabeled.
+  ``shots = "all"`` labels every source training volume.
+* Target training volumes are always unlabeled; target test volumes are used only for evaluation. The ``oracle``
+  reference labels K *target* training volumes, chosen by the same rule.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zlib
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from .errors import UsageError
+
+PROTOCOL = "fsuda-v1"
+SELECTION_POLICIES = ("last",)
+
+
+def parse_direction(direction: str, modalities: Sequence[str] | None = None) -> tuple[str, str]:
+    """Split ``"mr2ct"`` into ``("mr", "ct")``, checking the modalities exist in the dataset."""
+    parts = direction.split("2")
+    if len(parts) != 2 or not all(parts) or parts[0] == parts[1]:
+        raise UsageError(
+            f"Direction {direction!r} is not of the form <source>2<target> with two different modalities, "
+            f"e.g. 'mr2ct' or 'ct2mr'."
+        )
+    if modalities is not None:
+        for m in parts:
+            if m not in modalities:
+                raise UsageError(
+                    f"Direction {direction!r} names modality {m!r}, which this dataset does not have "
+                    f"(its modalities: {', '.join(modalities)})."
+                )
+    return parts[0], parts[1]
+
+
+def parse_shots(value: str | int) -> int | str:
+    """``"4"`` -> 4, ``"all"`` -> ``"all"``; anything else is a usage error."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        shots = value
+    elif isinstance(value, str) and value.strip().lower() == "all":
+        return "all"
+    else:
+        try:
+            shots = int(str(value).strip())
+        except ValueError:
+            raise UsageError(f"Shot count {value!r} is neither a positive integer nor 'all'.") from None
+    if shots < 1:
+        raise UsageError(f"Shot count {shots} is impossible: at least one labeled volume is needed.")
+    return shots
+
+
+def _seeded_rng(*parts: Any) -> np.random.Generator:
+    """A generator seeded from a stable hash of ``parts`` (stable across processes and platforms)."""
+    digest = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
+def select_labeled(train_ids: Sequence[str], shots: int | str, seed: int, *, dataset: str, modality: str) -> list[str]:
+    """The ``shots`` training volumes labeled for ``seed`` (nested in ``shots`` for a fixed seed)."""
+    ordered = sorted(train_ids)
+    if shots == "all":
+        return ordered
+    if not isinstance(shots, int) or shots < 1:
+        raise UsageError(f"Shot count {shots!r} is impossible: use a positive integer or 'all'.")
+    if shots > len(ordered):
+        raise UsageError(
+            f"Shot count {shots} is impossible for {dataset} {modality}: its training split has only "
+            f"{len(ordered)} volumes."
+        )
+    perm = _seeded_rng("shots", dataset, modality, seed).permutation(len(ordered))
+    return [ordered[i] for i in perm[:shots]]
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """Everything that determines a trial's result; its hash names the trial's directory in the results store."""
+
+    dataset: str
+    direction: str
+    method: str
+    shots: int | str
+    seed: int
+    preset: str
+    hparam_sample: int = 0
+    hparams: dict[str, Any] = field(default_factory=dict)
+    selection: str = "last"
+    protocol: str = PROTOCOL
+    dataset_version: str = "1"
+    method_version: str = "1"
+    preset_settings: dict[str, Any] = field(default_factory=dict)
+    data_root: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrialSpec":
+        return cls(**d)
+
+    @property
+    def trial_id(self) -> str:
+        """16 hex digits of the SHA-256 of the canonical JSON of the full configuration."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    @property
+    def label(self) -> str:
+        """A short human-readable name: ``synthetic-heart/mr2ct/source_only/4shot/seed0``."""
+        hp = f"/hp{self.hparam_sample}" if self.hparam_sample else ""
+        return f"{self.dataset}/{self.direction}/{self.method}/{self.shots}shot/seed{self.seed}{hp}"
+
+
+def derive_seed(*parts: Any) -> int:
+    """A 31-bit seed derived from ``parts`` (used for per-step RNG streams, hyperparameter samples, ...)."""
+    return zlib.crc32(json.dumps(parts, sort_keys=True, default=str).encode()) & 0x7FFFFFFF

@@ -1,0 +1,241 @@
+"""The runner: builds the trial grid and schedules it as Ray Tune trials, with our results store as the truth.
+
+Each trial is (dataset, direction, method, shots, seed, hyperparameter sample, preset). Finished trials (a ``DONE``
+marker in the store) are skipped before Ray is even started, so re-running a finished command is fast. Every
+trial runs inside :func:`execute_trial`, which records a failure (exception, diverged loss) in the store instead
+of raising, so one bad trial never stops the others; a trial whose worker died without recording anything is
+recorded as failed from Ray's error after the sweep.
+
+A local Ray is started for the run (its temporary files under the run's directory when the path is short
+enough for Ray's sockets) and shut down afterwards; ``address`` (or ``RAY_ADDRESS``) connects to an existing
+cluster instead, whose nodes must have this package installed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import itertools
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+from . import registry
+from .errors import UsageError
+from .hparams import resolve
+from .presets import get_preset
+from .protocol import SELECTION_POLICIES, TrialSpec, parse_direction, parse_shots
+from .registry import REPO_ROOT
+from .store import ResultsStore
+
+#: Ray's unix socket paths must stay under ~107 bytes; its session folder adds about 70 characters.
+MAX_RAY_TEMP_LEN = 36
+
+
+def build_grid(*, dataset: str, methods: Sequence[str], shots: Sequence[int | str], directions: Sequence[str] | None,
+               seeds: Sequence[int], preset: str, hparam_samples: Sequence[int] = (0,),
+               data_root: str | None = None, preset_overrides: dict[str, Any] | None = None,
+               hparam_overrides: dict[str, Any] | None = None) -> list[TrialSpec]:
+    """Every trial of a run, validated: unknown names and impossible shot counts fail before anything runs."""
+    registry.discover()
+    adapter_cls = registry.DATASETS.get(dataset)
+    adapter = adapter_cls(data_root)
+    modalities = adapter.modalities
+    if directions is None:
+        directions = [f"{a}2{b}" for a, b in itertools.permutations(modalities, 2)]
+    settings = get_preset(preset, **(preset_overrides or {}))
+    method_names = [registry.METHODS.canonical(m) for m in methods]
+    shots = [parse_shots(s) for s in shots]
+    if not seeds:
+        raise UsageError("No seeds given: pass at least one, e.g. --seeds 0,1,2.")
+    specs = []
+    for direction in directions:
+        source, target = parse_direction(direction, modalities)
+        for method in method_names:
+            cls = registry.METHODS.get(method)
+            labeled_modality = target if "target_labeled" in cls.streams else source
+            n_train = len(adapter.cases(labeled_modality, "train"))
+            for k in shots:
+                if k != "all" and k > n_train:
+                    raise UsageError(
+                        f"Shot count {k} is impossible for {method} on {dataset} {direction}: the {labeled_modality} "
+                        f"training split has only {n_train} volumes (use at most {n_train}, or 'all')."
+                    )
+                for seed, sample in itertools.product(seeds, hparam_samples):
+                    hparams = resolve(cls.declared_hparams(), sample, hparam_overrides, owner=f"Method {method!r}")
+                    specs.append(TrialSpec(
+                        dataset=dataset, direction=direction, method=method, shots=k, seed=int(seed),
+                        preset=preset, hparam_sample=int(sample), hparams=hparams, selection=SELECTION_POLICIES[0],
+                        dataset_version=adapter_cls.version, method_version=cls.version,
+                        preset_settings=settings, data_root=str(Path(data_root).resolve()) if data_root else None))
+    return specs
+
+
+def choose_device(gpu_ids: Sequence[Any], cuda_available: bool) -> str:
+    """CUDA when Ray assigned this trial a GPU and CUDA works here, else the CPU.
+
+    Ray sets ``CUDA_VISIBLE_DEVICES`` to the assigned GPUs, so the first visible device is the trial's.
+    """
+    return "cuda:0" if gpu_ids and cuda_available else "cpu"
+
+
+def execute_trial(spec: TrialSpec, store: ResultsStore, *, device: str = "cpu", report=None,
+                  log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run one trial and record its outcome in the store; failures are recorded, never raised."""
+    from .trainer import run_trial
+
+    status = store.status(spec)
+    if status in ("ok", "failed"):
+        return store.read(spec)
+    trial_dir = store.start(spec)
+    t0 = time.perf_counter()
+    try:
+        result = run_trial(spec, trial_dir, device=device, report=report, log=log)
+    except Exception as exc:  # noqa: BLE001 - any failure of a trial is recorded, not propagated
+        log(f"[{spec.label}] FAILED: {type(exc).__name__}: {exc}")
+        return store.write_failure(spec, exc, timing={"total_s": round(time.perf_counter() - t0, 3)})
+    return store.write_result(spec, result)
+
+
+def _tune_trainable(config: dict[str, Any]) -> None:
+    """The Ray Tune function trainable: one trial, recorded in our store, metrics reported to Ray."""
+    import ray
+    import torch
+    from ray import tune
+
+    torch.set_num_threads(max(1, int(config["cpus"])))
+    spec = TrialSpec.from_dict(config["spec"])
+    store = ResultsStore(config["store"])
+    device = choose_device(ray.get_gpu_ids(), torch.cuda.is_available())
+    record = execute_trial(spec, store, device=device, report=tune.report)
+    final = {"done": 1, "status": record["status"], "device": device}
+    if record.get("summary"):
+        final["dice_mean"] = record["summary"]["dice"]["mean"]
+    tune.report(final)
+
+
+@contextlib.contextmanager
+def run_lock(out: Path) -> Iterator[None]:
+    """One run at a time per output directory."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".run.lock", "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UsageError(f"Another run is writing to {out}; wait for it or choose another --out.") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def ray_session(out: Path, *, address: str | None, num_cpus: int | None = None, num_gpus: float | None = None
+                ) -> Iterator[dict[str, Any]]:
+    """Start (or connect to) Ray for the duration of a run; a local Ray is stopped afterwards."""
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    import ray
+
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    env_vars = {k: os.environ[k] for k in ("FSUDA_CACHE", "FSUDA_PLUGIN_PATH") if k in os.environ}
+    env_vars.update({"NO_ALBUMENTATIONS_UPDATE": "1", "HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled",
+                     "PYTHONPATH": os.pathsep.join(p for p in [str(REPO_ROOT), os.environ.get("PYTHONPATH")] if p)})
+    temp_owned = None
+    kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env_vars}, "include_dashboard": False,
+                              "logging_level": logging.WARNING, "log_to_driver": True}
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        temp = (out / ".ray").resolve()
+        if len(str(temp)) > MAX_RAY_TEMP_LEN:
+            temp = Path(tempfile.mkdtemp(prefix="fsuda-ray-"))
+            temp_owned = temp
+        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), num_gpus=num_gpus, _temp_dir=str(temp),
+                 **kwargs)
+    try:
+        yield ray.cluster_resources()
+    finally:
+        ray.shutdown()
+        if temp_owned is not None:
+            shutil.rmtree(temp_owned, ignore_errors=True)
+
+
+def make_tuner(trainable: Callable[[dict[str, Any]], None], param_space: dict[str, Any], out: Path,
+               cpus_per_trial: float, gpus_per_trial: float):
+    """A Tuner running ``trainable`` once per entry of ``param_space["spec"]`` with per-trial resources.
+
+    Ray packs trials onto the cluster by these resources: with ``gpus_per_trial=0.5`` two trials share a GPU.
+    """
+    from ray import tune
+
+    space = dict(param_space, spec=tune.grid_search(list(param_space["spec"])))
+    return tune.Tuner(
+        tune.with_resources(trainable, {"cpu": cpus_per_trial, "gpu": gpus_per_trial}), param_space=space,
+        tune_config=tune.TuneConfig(num_samples=1, reuse_actors=True),
+        run_config=tune.RunConfig(name="fsuda", storage_path=str((out / "ray_results").resolve()), verbose=0,
+                                  failure_config=tune.FailureConfig(max_failures=0, fail_fast=False)),
+    )
+
+
+@dataclass
+class RunSummary:
+    total: int
+    skipped: int
+    ran: int
+    ok: int
+    failed: int
+
+
+def run_grid(specs: list[TrialSpec], out: Path, *, cpus_per_trial: float = 1, gpus_per_trial: float = 0,
+             address: str | None = None, retry_failed: bool = False, num_cpus: int | None = None,
+             num_gpus: float | None = None, log: Callable[[str], None] = print) -> RunSummary:
+    """Run every unfinished trial of ``specs`` on Ray Tune, recording each in ``out``'s results store."""
+    store = ResultsStore(out)
+    todo = []
+    for spec in specs:
+        status = store.status(spec)
+        if status == "ok" or (status == "failed" and not retry_failed):
+            continue
+        if status == "failed":
+            store.start(spec, fresh=True)
+        todo.append(spec)
+    if not todo:
+        return RunSummary(len(specs), len(specs), 0, 0, 0)
+
+    _prepare_caches(todo, log)
+    param_space = {"spec": [s.to_dict() for s in todo], "store": str(store.root.resolve()), "cpus": cpus_per_trial}
+    with ray_session(out, address=address, num_cpus=num_cpus, num_gpus=num_gpus):
+        grid = make_tuner(_tune_trainable, param_space, out, cpus_per_trial, gpus_per_trial).fit()
+        errors = {}
+        for result in grid:
+            if result.error is not None and result.config:
+                errors[TrialSpec.from_dict(result.config["spec"]).trial_id] = result.error
+    ok = failed = 0
+    for spec in todo:
+        status = store.status(spec)
+        if status not in ("ok", "failed"):
+            err = errors.get(spec.trial_id, "the trial's worker stopped without recording a result")
+            store.write_failure(spec, f"Ray reported: {err}")
+            status = "failed"
+        ok += status == "ok"
+        failed += status == "failed"
+    return RunSummary(len(specs), len(specs) - len(todo), len(todo), ok, failed)
+
+
+def _prepare_caches(specs: list[TrialSpec], log: Callable[[str], None]) -> None:
+    """Build each needed slice cache once in the driver, before trials start reading it."""
+    from .cache import PreprocessSettings, prepare
+
+    needed = {(s.dataset, s.data_root, s.preset_settings["size"]) for s in specs}
+    for dataset, root, size in sorted(needed, key=str):
+        prepare(registry.DATASETS.get(dataset)(root), PreprocessSettings(size=size), log=log)
+
+
+__all__ = ["build_grid", "run_grid", "execute_trial", "choose_device", "run_lock", "RunSummary"]

@@ -1,0 +1,146 @@
+"""The results store: our own record of every trial, independent of Ray's directory layout.
+
+``<out>/trials/<trial_id>/`` holds, for one trial (``trial_id`` hashes its full configuration):
+
+* ``config.json``: the configuration, written when the trial starts;
+* ``checkpoint.pt``: the latest training checkpoint while it runs (removed when it finishes);
+* ``result.json``: the record (status ``ok`` or ``failed``, error, per-volume metrics, summary, timing, software
+  versions, commit);
+* ``DONE``: the completion marker, written last and atomically. A directory without it is an unfinished trial,
+  which a later run resumes from its checkpoint; a record is trusted only when the marker exists.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import subprocess
+import traceback
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterator
+
+from .io import atomic_write_json, atomic_write_text
+from .protocol import TrialSpec
+from .registry import REPO_ROOT
+
+DONE = "DONE"
+RESULT = "result.json"
+CONFIG = "config.json"
+
+
+@lru_cache(maxsize=1)
+def git_commit() -> str:
+    """The short commit of the repository the code runs from, ``+dirty`` if tracked files changed."""
+    try:
+        head = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "--short=12", "HEAD"],
+                              capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return "unknown"
+        dirty = subprocess.run(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10)
+        return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def software_versions() -> dict[str, str]:
+    from importlib import metadata
+
+    versions = {"python": platform.python_version(), "platform": platform.platform()}
+    for dist in ("fsuda-benchmark", "torch", "segmentation-models-pytorch", "numpy", "albumentations", "ray",
+                 "edt", "pandas"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = "not installed"
+    return versions
+
+
+class ResultsStore:
+    """Trial records under ``<root>/trials``."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.trials = self.root / "trials"
+
+    def trial_dir(self, spec: TrialSpec) -> Path:
+        return self.trials / spec.trial_id
+
+    def status(self, spec: TrialSpec) -> str:
+        """``"ok"``, ``"failed"``, ``"incomplete"`` (started, not finished) or ``"missing"``."""
+        d = self.trial_dir(spec)
+        marker = d / DONE
+        if marker.exists():
+            status = marker.read_text().strip()
+            return status if status in ("ok", "failed") else "incomplete"
+        return "incomplete" if d.exists() else "missing"
+
+    def start(self, spec: TrialSpec, *, fresh: bool = False) -> Path:
+        """Create the trial directory and write its configuration (``fresh`` discards an earlier attempt)."""
+        d = self.trial_dir(spec)
+        if fresh and d.exists():
+            shutil.rmtree(d)
+        d.mkdir(parents=True, exist_ok=True)
+        (d / DONE).unlink(missing_ok=True)
+        atomic_write_json(d / CONFIG, {"trial_id": spec.trial_id, "label": spec.label, "config": spec.to_dict()})
+        return d
+
+    def _finish(self, spec: TrialSpec, record: dict[str, Any]) -> dict[str, Any]:
+        d = self.trial_dir(spec)
+        d.mkdir(parents=True, exist_ok=True)
+        record = {"trial_id": spec.trial_id, "label": spec.label, "config": spec.to_dict(),
+                  "versions": software_versions(), "commit": git_commit(), **record}
+        atomic_write_json(d / RESULT, record)
+        (d / "checkpoint.pt").unlink(missing_ok=True)
+        atomic_write_text(d / DONE, record["status"] + "\n", fsync=True)
+        return record
+
+    def write_result(self, spec: TrialSpec, result: dict[str, Any]) -> dict[str, Any]:
+        """Record a finished trial (status ok)."""
+        return self._finish(spec, {"status": "ok", "error": None, **result})
+
+    def write_failure(self, spec: TrialSpec, error: BaseException | str, *, timing: dict[str, float] | None = None,
+                      tb: str | None = None) -> dict[str, Any]:
+        """Record a failed trial with its error; it never stops the other trials."""
+        if isinstance(error, BaseException):
+            message = f"{type(error).__name__}: {error}"
+            tb = tb or "".join(traceback.format_exception(type(error), error, error.__traceback__))
+        else:
+            message = str(error)
+        return self._finish(spec, {"status": "failed", "error": message, "traceback": tb, "summary": None,
+                                   "volumes": [], "timing": timing or {}})
+
+    def read(self, spec_or_id: TrialSpec | str) -> dict[str, Any] | None:
+        """The finished record of a trial, or None if it has not finished."""
+        tid = spec_or_id.trial_id if isinstance(spec_or_id, TrialSpec) else spec_or_id
+        d = self.trials / tid
+        if not (d / DONE).exists():
+            return None
+        return json.loads((d / RESULT).read_text())
+
+    def records(self) -> Iterator[dict[str, Any]]:
+        """Every finished record (ok and failed) in the store; unfinished trials are skipped."""
+        if not self.trials.is_dir():
+            return
+        for d in sorted(self.trials.iterdir()):
+            if (d / DONE).exists() and (d / RESULT).exists():
+                yield json.loads((d / RESULT).read_text())
+
+    def incomplete(self) -> list[str]:
+        if not self.trials.is_dir():
+            return []
+        return sorted(d.name for d in self.trials.iterdir() if d.is_dir() and not (d / DONE).exists())
+
+
+def human_size(path: Path) -> str:
+    total = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if total < 1024:
+            return f"{total:.0f} {unit}"
+        total /= 1024
+    return f"{total:.1f} TiB"
+
+
+__all__ = ["ResultsStore", "git_commit", "software_versions", "human_size"]

@@ -1,0 +1,180 @@
+"""The shared trainer: data streams, the loop, the schedule, progress, checkpoints and 3D evaluation.
+
+Determinism: the initialisation is seeded from the trial seed, and step ``t`` re-seeds torch from
+``(seed, t)`` and draws its batch and augmentation from ``(seed, t)`` too. A run resumed from a checkpoint
+therefore continues exactly as the uninterrupted run would have (on CPU; GPU kernels may add their own
+non-determinism).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from . import registry
+from .cache import PreprocessSettings, SliceCache, prepare
+from .data import Batch, BatchSampler, Stream
+from .errors import TrialDiverged, UsageError
+from .io import atomic_write_bytes
+from .method import Method, MethodContext
+from .metrics import evaluate_volume, mean_over_structures
+from .models import build_segmenter
+from .protocol import TrialSpec, derive_seed, parse_direction, select_labeled
+
+CHECKPOINT = "checkpoint.pt"
+Reporter = Callable[[dict[str, Any]], None]
+
+
+def build_streams(adapter, spec: TrialSpec, wanted: tuple[str, ...]) -> dict[str, Stream]:
+    """The volumes of each stream a method asked for, following the protocol's few-shot rules."""
+    source, target = parse_direction(spec.direction, adapter.modalities)
+    src_train = adapter.cases(source, "train")
+    labeled = select_labeled(src_train, spec.shots, spec.seed, dataset=adapter.name, modality=source)
+    streams: dict[str, Stream] = {}
+    for name in wanted:
+        if name == "source":
+            streams[name] = Stream(source, labeled, True)
+        elif name == "source_unlabeled":
+            rest = [c for c in src_train if c not in labeled]
+            # with shots=all no source volume is left unlabeled: the labeled volumes' images serve instead
+            streams[name] = Stream(source, rest or list(labeled), False)
+        elif name == "target":
+            streams[name] = Stream(target, adapter.cases(target, "train"), False)
+        elif name == "target_labeled":
+            streams[name] = Stream(target, select_labeled(adapter.cases(target, "train"), spec.shots, spec.seed,
+                                                          dataset=adapter.name, modality=target), True)
+        else:
+            raise UsageError(f"Method {spec.method!r} asks for an unknown data stream {name!r}.")
+    return streams
+
+
+def lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
+    """Linear warm-up, then polynomial decay with power 0.9 (the DeepLab schedule common in this field)."""
+
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, 1.0 - (step - warmup) / max(1, total - warmup)) ** 0.9
+
+    return f
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue(), fsync=True)
+
+
+@torch.no_grad()
+def predict_volume(method: Method, images: np.ndarray, device: torch.device, batch_size: int) -> np.ndarray:
+    """Arg-max labels (N, H, W) for slices (N, H, W), predicted slice by slice and stacked."""
+    method.eval()
+    out = []
+    for i in range(0, len(images), batch_size):
+        x = torch.from_numpy(np.array(images[i:i + batch_size], dtype=np.float32))[:, None].to(device)
+        out.append(method.predict(x).argmax(1).to(torch.uint8).cpu().numpy())
+    return np.concatenate(out)
+
+
+def evaluate(method: Method, cache: SliceCache, adapter, modality: str, device: torch.device,
+             batch_size: int) -> list[dict[str, Any]]:
+    """3D metrics per target test volume on the cache grid, with its spacing in mm."""
+    results = []
+    for case_id in adapter.cases(modality, "test"):
+        images, labels, spacing = cache.volume(modality, case_id)
+        pred = predict_volume(method, images, device, batch_size)
+        results.append({"case": f"{modality}_{case_id}",
+                        "metrics": evaluate_volume(pred, labels, spacing, adapter.classes)})
+    return results
+
+
+def summarise(volumes: list[dict[str, Any]], structures: list[str]) -> dict[str, dict[str, float]]:
+    """Mean over volumes of each metric per structure, plus the mean over structures."""
+    summary: dict[str, dict[str, float]] = {}
+    for metric in ("dice", "assd_mm", "hd95_mm"):
+        per = {s: float(np.mean([v["metrics"][s][metric] for v in volumes])) for s in structures}
+        per["mean"] = float(np.mean([mean_over_structures(v["metrics"])[metric] for v in volumes]))
+        summary[metric] = per
+    return summary
+
+
+def run_trial(spec: TrialSpec, trial_dir: Path, *, device: torch.device | str = "cpu",
+              report: Reporter | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train and evaluate one trial; returns the result fields of its record (summary, volumes, timing)."""
+    t0 = time.perf_counter()
+    device = torch.device(device)
+    settings = spec.preset_settings
+    registry.discover()
+    adapter = registry.DATASETS.get(spec.dataset)(spec.data_root)
+    method_cls = registry.METHODS.get(spec.method)
+    cache = prepare(adapter, PreprocessSettings(size=settings["size"]), workers=1, log=log)
+    _, target = parse_direction(spec.direction, adapter.modalities)
+    sampler = BatchSampler(cache, build_streams(adapter, spec, method_cls.streams), settings["batch_size"],
+                           spec.seed, settings.get("augment", "standard"))
+
+    num_classes = max(adapter.classes.values()) + 1
+    total = int(settings["steps"])
+    ctx = MethodContext(in_channels=1, num_classes=num_classes, device=device, total_steps=total,
+                        class_names=tuple(adapter.classes),
+                        backbone=lambda: build_segmenter(settings["backbone"], 1, num_classes))
+    torch.manual_seed(derive_seed("init", spec.seed))
+    method = method_cls(ctx, spec.hparams).to(device)
+    schedulers = [torch.optim.lr_scheduler.LambdaLR(o, lr_lambda(settings["warmup_steps"], total))
+                  for o in method.optimizers]
+
+    ckpt_path = Path(trial_dir) / CHECKPOINT
+    start, train_s = 0, 0.0
+    if ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        method.load_state_dict(state["method"])
+        for opt, s in zip(method.optimizers, state["optimizers"]):
+            opt.load_state_dict(s)
+        for sch, s in zip(schedulers, state["schedulers"]):
+            sch.load_state_dict(s)
+        start, train_s = state["step"], state["train_s"]
+        log(f"[{spec.label}] resuming from step {start}")
+
+    t_train = time.perf_counter()
+    losses: dict[str, float] = {}
+    for step in range(start, total):
+        torch.manual_seed(derive_seed("step", spec.seed, step))
+        batch: Batch = sampler.batch(step).to(device)
+        method.train()
+        losses = method.update(batch, step)
+        bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
+        if bad:
+            raise TrialDiverged(
+                f"Trial {spec.label} diverged: loss {', '.join(f'{k}={v}' for k, v in bad.items())} at step "
+                f"{step}. Lower the learning rate or check the method's losses.")
+        for sch in schedulers:
+            sch.step()
+        done = step + 1
+        if done % settings["checkpoint_every"] == 0 and done < total:
+            _atomic_torch_save({"method": method.state_dict(), "step": done,
+                                "optimizers": [o.state_dict() for o in method.optimizers],
+                                "schedulers": [s.state_dict() for s in schedulers],
+                                "train_s": train_s + time.perf_counter() - t_train}, ckpt_path)
+        if done % settings["log_every"] == 0 or done == total:
+            elapsed = train_s + time.perf_counter() - t_train
+            log(f"[{spec.label}] step {done}/{total} " + " ".join(f"{k}={v:.4f}" for k, v in losses.items())
+                + f" ({elapsed:.0f}s)")
+            if report is not None:
+                report({"step": done, **losses})
+    train_s += time.perf_counter() - t_train
+
+    t_eval = time.perf_counter()
+    volumes = evaluate(method, cache, adapter, target, device, settings["eval_batch_size"])
+    structures = list(adapter.classes)
+    summary = summarise(volumes, structures)
+    eval_s = time.perf_counter() - t_eval
+    log(f"[{spec.label}] target Dice {summary['dice']['mean']:.4f} ASSD {summary['assd_mm']['mean']:.2f} mm")
+    return {"structures": structures, "volumes": volumes, "summary": summary, "final_losses": losses,
+            "timing": {"train_s": round(train_s, 3), "eval_s": round(eval_s, 3),
+                       "total_s": round(time.perf_counter() - t0, 3)},
+            "device": str(device)}

@@ -1,0 +1,88 @@
+"""A tiny end-to-end run on Ray Tune: trials recorded, failures isolated, leaderboards written, reruns skip."""
+
+from __future__ import annotations
+
+import csv
+import json
+import textwrap
+
+import pytest
+
+from benchmark.cli import main
+from benchmark.store import ResultsStore
+
+pytestmark = pytest.mark.slow
+
+FAILING_METHODS = '''
+from benchmark.method import SupervisedMethod
+from benchmark.registry import register_method
+
+
+@register_method("crashes_e2e")
+class Crashes(SupervisedMethod):
+    """Raises inside update (to test failure isolation)."""
+
+    def update(self, batch, step):
+        raise RuntimeError("deliberate crash in update")
+
+
+@register_method("diverges_e2e")
+class Diverges(SupervisedMethod):
+    """Reports an infinite loss (to test divergence handling)."""
+
+    def update(self, batch, step):
+        return {"loss": float("inf")}
+'''
+
+
+@pytest.fixture
+def plugin_dir(tmp_path, monkeypatch):
+    folder = tmp_path / "plugins"
+    (folder / "methods").mkdir(parents=True)
+    (folder / "methods" / "failing.py").write_text(textwrap.dedent(FAILING_METHODS))
+    monkeypatch.setenv("FSUDA_PLUGIN_PATH", str(folder))
+    return folder
+
+
+def test_tiny_ray_run_records_everything(tmp_path, plugin_dir, capsys):
+    out = tmp_path / "run"
+    args = ["run", "--methods", "source_only,oracle,crashes_e2e,diverges_e2e", "--shots", "1", "--directions",
+            "mr2ct", "--seeds", "0", "--steps", "3", "--out", str(out)]
+    assert main(args) == 1  # two trials failed, so the command reports failure ...
+    captured = capsys.readouterr()
+    assert "Plan: 4 trials" in captured.out
+    assert "deliberate crash in update" in captured.err and "diverged" in captured.err
+
+    store = ResultsStore(out)
+    records = {r["config"]["method"]: r for r in store.records()}
+    assert set(records) == {"source_only", "oracle", "crashes_e2e", "diverges_e2e"}  # ... but records all four
+    assert records["source_only"]["status"] == "ok" and records["oracle"]["status"] == "ok"
+    assert records["crashes_e2e"]["error"] == "RuntimeError: deliberate crash in update"
+    assert records["diverges_e2e"]["error"].startswith("TrialDiverged: Trial synthetic-heart/mr2ct/diverges_e2e")
+    assert len(records["source_only"]["volumes"]) == 6
+    assert store.incomplete() == []
+
+    rows = list(csv.DictReader((out / "leaderboards" / "synthetic-heart" / "mr2ct.csv").open()))
+    by_method = {r["method"]: r for r in rows}
+    assert by_method["source_only"]["seeds_done"] == "1" and by_method["crashes_e2e"]["seeds_failed"] == "1"
+    assert by_method["crashes_e2e"]["dice_mean"] == ""
+    assert float(by_method["source_only"]["dice_mean"]) == pytest.approx(
+        records["source_only"]["summary"]["dice"]["mean"], abs=1e-4)
+    assert by_method["crashes_e2e"]["gap_closed"] == ""  # no finished seed, so no gap
+    assert (out / "leaderboards" / "synthetic-heart" / "mr2ct.md").exists()
+
+    # the same command again retrains nothing and starts no Ray
+    mtimes = {p: p.stat().st_mtime_ns for p in (out / "trials").rglob("result.json")}
+    assert main(args) == 1
+    again = capsys.readouterr().out
+    assert "2 already finished, 2 failed earlier" in again and "0 to run" in again
+    assert "0 trials run" in again
+    assert mtimes == {p: p.stat().st_mtime_ns for p in (out / "trials").rglob("result.json")}
+
+    # leaderboard and publish read the run
+    assert main(["leaderboard", str(out)]) == 0
+    assert "source_only" in capsys.readouterr().out
+    published = tmp_path / "published"
+    assert main(["publish", str(out), "--to", str(published)]) == 0
+    assert (published / "synthetic-heart" / "mr2ct.csv").exists() and (published / "README.md").exists()
+    json.loads((out / "trials" / records["oracle"]["trial_id"] / "result.json").read_text())

@@ -1,0 +1,155 @@
+"""Registry rules, discovery and the repository layout."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from benchmark import registry
+from benchmark.errors import UnknownNameError
+from benchmark.registry import Registry, RegistryError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class Base:
+    pass
+
+
+class Child(Base):
+    """A child plugin.
+
+    More text."""
+
+
+def test_register_get_and_description():
+    reg = Registry("things", Base)
+    reg.register("child", aliases=("kid",))(Child)
+    assert reg.get("child") is Child and reg.get("kid") is Child
+    assert reg.canonical("kid") == "child"
+    assert reg.names() == ["child"]
+    assert reg.entry("child").description == "A child plugin."
+    assert "kid" in reg and "nope" not in reg
+
+
+def test_duplicate_name_is_an_error():
+    reg = Registry("things", Base)
+    reg.add("child", Child)
+
+    class Other(Base):
+        pass
+
+    with pytest.raises(RegistryError, match="Duplicate thing name 'child'"):
+        reg.add("child", Other)
+    with pytest.raises(RegistryError, match="Duplicate thing name 'child'"):
+        reg.add("other", Other, aliases=("child",))
+
+
+def test_wrong_base_class_is_an_error():
+    reg = Registry("things", Base)
+
+    class NotAThing:
+        pass
+
+    with pytest.raises(RegistryError, match="does not derive from .*Base"):
+        reg.add("x", NotAThing)
+
+
+def test_bad_name_is_an_error():
+    reg = Registry("things", Base)
+    with pytest.raises(RegistryError, match="names are non-empty"):
+        reg.add("a b", Child)
+
+
+def test_unknown_name_lists_known_and_closest():
+    reg = Registry("things", Base)
+    reg.add("source_only", Child)
+    with pytest.raises(UnknownNameError) as err:
+        reg.get("source_onyl")
+    msg = str(err.value)
+    assert "Unknown thing 'source_onyl'" in msg
+    assert "Did you mean 'source_only'?" in msg
+    assert "Known things: source_only." in msg
+
+
+def test_discover_finds_the_repository_plugins():
+    registry.discover()
+    assert {"source_only", "oracle"} <= set(registry.METHODS.names())
+    assert "synthetic-heart" in registry.DATASETS.names()
+    entry = registry.METHODS.entry("source_only")
+    assert Path(entry.source) == REPO / "methods" / "source_only.py"
+    # loaded under a private name, never as a top-level module
+    assert entry.cls.__module__.startswith("_fsuda_plugins.methods.")
+    registry.discover()  # idempotent
+    assert registry.METHODS.get("source_only") is entry.cls
+
+
+def test_plugin_path_env_adds_a_folder(tmp_path, monkeypatch):
+    (tmp_path / "methods").mkdir()
+    (tmp_path / "methods" / "my_method.py").write_text(textwrap.dedent('''
+        from benchmark.method import SupervisedMethod
+        from benchmark.registry import register_method
+
+        @register_method("my_test_method")
+        class MyMethod(SupervisedMethod):
+            """A method from an extra plugin folder."""
+    '''))
+    monkeypatch.setenv(registry.PLUGIN_PATH_ENV, str(tmp_path))
+    registry.discover()
+    assert registry.METHODS.entry("my_test_method").source == str(tmp_path / "methods" / "my_method.py")
+
+
+def test_broken_plugin_file_names_the_file(tmp_path, monkeypatch):
+    (tmp_path / "methods").mkdir()
+    bad = tmp_path / "methods" / "broken.py"
+    bad.write_text("raise ValueError('boom')\n")
+    monkeypatch.setenv(registry.PLUGIN_PATH_ENV, str(tmp_path))
+    with pytest.raises(RegistryError, match=f"{bad}.*ValueError: boom"):
+        registry.discover()
+
+
+def test_no_init_files_in_plugin_folders():
+    assert not (REPO / "datasets" / "__init__.py").exists()
+    assert not (REPO / "methods" / "__init__.py").exists()
+
+
+def test_repository_datasets_folder_does_not_shadow_an_installed_datasets(tmp_path):
+    """From the repository root, an installed ``datasets`` package is the one Python finds."""
+    site = tmp_path / "site"
+    (site / "datasets").mkdir(parents=True)
+    (site / "datasets" / "__init__.py").write_text("MARK = 'installed'\n")
+    code = ("import importlib.util as u, datasets; s = u.find_spec('datasets'); "
+            "print(s.origin); print(datasets.MARK)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                         env={"PYTHONPATH": str(site), "PATH": ""}, check=True).stdout.split()
+    assert out == [str(site / "datasets" / "__init__.py"), "installed"]
+
+
+def test_benchmark_discovery_never_binds_the_name_datasets():
+    code = ("import sys, benchmark; benchmark.discover(); "
+            "print('datasets' in sys.modules, 'methods' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
+def test_importing_the_package_is_light():
+    code = "import sys, benchmark; print('torch' in sys.modules, 'ray' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
+def test_every_method_declares_valid_hyperparameters():
+    from benchmark.hparams import resolve
+
+    registry.discover()
+    for entry in registry.METHODS:
+        declared = entry.cls.declared_hparams()
+        assert {"lr", "weight_decay"} <= set(declared)
+        defaults = resolve(declared, 0)
+        assert defaults == {k: v.default for k, v in declared.items()}
+        assert resolve(declared, 3) != defaults  # sample 3 draws from the search distributions
+        assert entry.description, f"{entry.name} has no docstring"
