@@ -104,7 +104,12 @@ class SliceCache:
         """``kind`` is "images" (float32) or "labels" (uint8), shape (slices, size, size)."""
         key = f"{modality}_{kind}"
         if key not in self._arrays:
-            self._arrays[key] = np.load(self.path / f"{key}.npy", mmap_mode="r")
+            path = self.path / f"{key}.npy"
+            try:
+                self._arrays[key] = np.load(path, mmap_mode="r")
+            except (OSError, ValueError) as exc:
+                raise DataError(f"The slice cache file {path} is missing or corrupt ({exc}); delete {self.path} "
+                                f"and run `python -m benchmark prepare` again.") from None
         return self._arrays[key]
 
     def case_info(self, modality: str, case_id: str) -> dict[str, Any]:
@@ -129,6 +134,7 @@ def cache_key(adapter, settings: PreprocessSettings) -> str:
     blob = json.dumps({"dataset": adapter.name, "version": adapter.version, "split": adapter.split,
                        "root": str(adapter.root.resolve()) if adapter.root else None,
                        "classes": adapter.classes, "slice_axis": adapter.slice_axis,
+                       "fingerprint": adapter.fingerprint(),
                        "settings": settings.key()}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -2,7 +2,8 @@
 
 Every stream is a set of volumes; a batch draws slices uniformly from that set's slices. Labels are returned only
 for the labeled streams, and target test volumes are never part of any stream. The draw and the augmentation of
-step ``t`` depend only on ``(seed, t)``, which makes a resumed run identical to an uninterrupted one.
+step ``t`` depend only on ``(seed, t, stream)``, which makes a resumed run identical to an uninterrupted one
+and keeps a stream's batches independent of which other streams a method asks for.
 """
 
 from __future__ import annotations
@@ -80,11 +81,12 @@ class BatchSampler:
         self.augment = build_augmentation(augment)
 
     def batch(self, step: int) -> Batch:
-        rng = np.random.default_rng(derive_seed("batch", self.seed, step))
-        if self.augment is not None:
-            self.augment.set_random_seed(derive_seed("augment", self.seed, step))
         out = Batch()
         for name, stream in self.streams.items():
+            # each stream draws from its own generator, so adding a stream never changes another's batches
+            rng = np.random.default_rng(derive_seed("batch", self.seed, step, name))
+            if self.augment is not None:
+                self.augment.set_random_seed(derive_seed("augment", self.seed, step, name))
             idx = np.sort(rng.choice(stream.slices, size=self.batch_size, replace=len(stream.slices) < self.batch_size))
             images = np.asarray(self.cache.array(stream.modality, "images")[idx], dtype=np.float32)
             labels = (np.asarray(self.cache.array(stream.modality, "labels")[idx], dtype=np.uint8)

@@ -103,6 +103,10 @@ class DatasetAdapter:
             "licence": self.licence, "homepage": self.homepage, "layout": self.layout,
         }
 
+    def fingerprint(self) -> str:
+        """Extra text that keys the slice cache (e.g. a hash of a generator's code); empty by default."""
+        return ""
+
     # -- data ---------------------------------------------------------------------------------------------
     def load_case(self, modality: str, case_id: str) -> Case:
         """Load one case (image, label or None, spacing), labels mapped to :attr:`classes`."""

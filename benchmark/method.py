@@ -102,7 +102,7 @@ class SupervisedMethod(Method):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        return {"loss": float(loss.detach())}
+        return {"loss": loss.item()}
 
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         return self.segmenter(images)

@@ -106,7 +106,7 @@ TISSUE_INTENSITY = {
     "mr": {
         "air": 0.0,
         "lung": 45.0,
-        "fat": 620.0,
+        "fat": 540.0,
         "soft": 300.0,
         "liver": 340.0,
         "myocardium": 190.0,
@@ -443,7 +443,7 @@ def _subject(rng) -> dict:
         "myo": u(8.5, 11.5),
         "axis_tilt": rng.normal(0.0, 0.06, size=3),
         # other chambers
-        "la": np.array([u(17, 23), u(15, 20), u(22, 30)]),
+        "la": np.array([u(19, 25), u(17, 22), u(24, 32)]),
         "rv": np.array([u(0.75, 0.95), u(14, 19), u(28, 36)]),
         "ra": np.array([u(18, 24), u(17, 22), u(20, 27)]),
         # vessels
@@ -589,7 +589,7 @@ def _build_anatomy(space: _Space, p: dict) -> np.ndarray:
 
     # left atrium: on top of / behind the LV base
     la_semi = p["la"]  # along u, along posterior, lateral
-    c_la = base - 0.8 * la_semi[0] * u + 10.0 * post
+    c_la = base - 0.8 * la_semi[0] * u + 12.0 * post
     la_frame = lv_frame
 
     # ascending aorta from the anterior-right part of the base, arching up
@@ -625,7 +625,6 @@ def _build_anatomy(space: _Space, p: dict) -> np.ndarray:
     ivc_pts = _segment(c_ra + np.array([4.0, 8.0, -8.0]), c_ra + np.array([10.0, 18.0, -110.0]))
 
     # --- evaluate all fields (signed distances in canonical mm) ---
-    s = space.scale
     fields = {}
 
     def ell(name, c, frame, semi, pad):
@@ -671,25 +670,52 @@ def _build_anatomy(space: _Space, p: dict) -> np.ndarray:
         m = d < (ep + extra)
         view[m & (view != _S_BONE) & (view != _S_MARROW)] = _S_FAT
 
-    # unlabelled walls and blood of the right heart and great vessels
-    for name, wall, wall_id in (
-        ("ra", 2.5, _S_HWALL),
-        ("rv", 3.0, _S_HWALL),
-        ("svc", 1.5, _S_SOFT),
-        ("ivc", 1.5, _S_SOFT),
-        ("pa", 2.0, _S_SOFT),
-        ("pv", 1.2, _S_SOFT),
-        ("la", 2.0, _S_HWALL),
-        ("aa", 2.0, _S_SOFT),
-    ):
+    # Walls, then lumens in order of priority: a lumen is not painted over the
+    # wall band of any structure painted after it (except for the
+    # physiological connections listed in ``joined``), so touching chambers
+    # and vessels stay separated by a visible wall.
+    vessels = (  # name, wall thickness (mm), wall structure, lumen structure
+        ("ra", 2.5, _S_HWALL, _S_BLOOD),
+        ("rv", 3.0, _S_HWALL, _S_BLOOD),
+        ("svc", 2.0, _S_SOFT, _S_BLOOD),
+        ("ivc", 2.0, _S_SOFT, _S_BLOOD),
+        ("pa", 2.5, _S_SOFT, _S_BLOOD),
+        ("pv", 1.5, _S_SOFT, _S_BLOOD),
+        ("la", 2.5, _S_HWALL, _S_LAC),
+        ("aa", 2.5, _S_SOFT, _S_AA),
+    )
+    joined = {("ra", "rv"), ("ra", "svc"), ("ra", "ivc"), ("rv", "pa"), ("la", "pv")}
+    names = [v[0] for v in vessels]
+    bit = {name: 1 << i for i, name in enumerate(names)}
+    allowed = {}
+    for i, name in enumerate(names):
+        later = 0
+        for other in names[i + 1:]:
+            if (name, other) not in joined and (other, name) not in joined:
+                later |= bit[other]
+        allowed[name] = np.uint16(later)  # bands that block this lumen
+    bands = np.zeros(shape, dtype=np.uint16)
+    for name, wall, wall_id, _ in vessels:
         f = get(name)
         if f is None:
             continue
         bsl, d, _ = f
         view = smap[bsl]
         view[d < wall] = wall_id
-        if name not in ("la", "aa"):
-            view[d < 0.0] = _S_BLOOD
+        bview = bands[bsl]
+        bview[(d >= 0.0) & (d < wall)] |= np.uint16(bit[name])
+
+    def lumen(name, extra=None):
+        bsl, d, _ = fields[name]
+        m = (d < 0.0) & ((bands[bsl] & allowed[name]) == 0)
+        if extra is not None:
+            m &= extra
+        return bsl, m
+
+    for name, _, _, lumen_id in vessels:
+        if lumen_id == _S_BLOOD and get(name) is not None:
+            bsl, m = lumen(name)
+            _paint(smap, bsl, m, lumen_id)
 
     # left ventricle: myocardium (with a basal cap), then the cavity
     f = get("lv_out")
@@ -704,30 +730,27 @@ def _build_anatomy(space: _Space, p: dict) -> np.ndarray:
         q1 = proj[1] * np.float32(1.0 / r1)
         q2 = proj[2] * np.float32(1.0 / r2)
         rho2 = q0 * q0 + q1 * q1 + q2 * q2
-        lvc = (rho2 < 1.0) & (u_base >= 0.0)
-        view[lvc] = _S_LVC
+        view[(rho2 < 1.0) & (u_base >= 0.0)] = _S_LVC
         lvc_box = bsl
-        u_of_box = (bsl, u_base)
     else:  # pragma: no cover - the LV is always inside the field of view
         lvc_box = None
-        u_of_box = None
 
-    def above_base(bsl):
-        """Mask of voxels of ``bsl`` lying above (outside) the LV base plane."""
+    def above_base(bsl, gap=0.0):
+        """Mask of voxels of ``bsl`` lying ``gap`` mm above the LV base plane."""
         x, y, z = (c[bsl] for c in hc)
         ub = ((x - np.float32(base[0])) * np.float32(u[0])
               + (y - np.float32(base[1])) * np.float32(u[1])
               + (z - np.float32(base[2])) * np.float32(u[2]))
-        return ub < 0.0
+        return ub < -gap
 
-    # left atrium and ascending aorta lumens open onto the LV base
-    for name, sid in (("la", _S_LAC), ("aa", _S_AA)):
-        f = get(name)
-        if f is None:
+    # The aortic lumen opens onto the LV base (open aortic valve); the left
+    # atrium stops a few mm above it, leaving a thin myocardial plate at the
+    # closed mitral valve.
+    for name, sid, gap in (("la", _S_LAC, 3.0), ("aa", _S_AA, 0.0)):
+        if get(name) is None:
             continue
-        bsl, d, _ = f
-        view = smap[bsl]
-        view[(d < 0.0) & above_base(bsl)] = sid
+        bsl, m = lumen(name, above_base(fields[name][0], gap))
+        _paint(smap, bsl, m, sid)
 
     # guarantee a closed myocardial wall: unlabelled face-neighbours of the
     # cavity become myocardium
@@ -737,7 +760,6 @@ def _build_anatomy(space: _Space, p: dict) -> np.ndarray:
         cav = view == _S_LVC
         ring = ndimage.binary_dilation(cav) & ~cav
         view[ring & (_STRUCT_LABEL[view] == 0)] = _S_MYO
-    del u_of_box, s
     return smap
 
 
@@ -751,24 +773,24 @@ def _render(rng, modality: str, smap: np.ndarray, sub: int, dz: float) -> np.nda
     names = sorted(TISSUES, key=TISSUES.get)
     means = np.array([table[n] for n in names], dtype=np.float64)
     if modality == "mr":
-        means *= rng.uniform(0.88, 1.12, size=len(means))
+        means *= rng.uniform(0.85, 1.15, size=len(means))
         means[TISSUES["air"]] = 0.0
     else:
         means += rng.normal(0.0, 12.0, size=len(means))
-        means[TISSUES["blood"]] = table["blood"] * rng.uniform(0.8, 1.25)
+        means[TISSUES["blood"]] = table["blood"] * rng.uniform(0.92, 1.08)
         means[TISSUES["air"]] = -1000.0
     lut = means[_STRUCT_TISSUE].astype(np.float32)
     vol = lut[smap]
 
     if modality == "mr":
-        vol = ndimage.gaussian_filter(vol, sigma=(0.6, 0.6, 0.0), truncate=3.0)
+        vol = ndimage.gaussian_filter(vol, sigma=(1.0, 1.0, 0.0), truncate=3.0)
         # through-plane slice profile: trapezoid over the slab of thickness dz
         img = 0.25 * vol[:, :, 0:-2:2] + 0.5 * vol[:, :, 1:-1:2] + 0.25 * vol[:, :, 2::2]
         shape = img.shape
         bias = _smooth_field(rng, shape, (3, 3, 3), 1.0)
-        bias *= np.float32(rng.uniform(0.15, 0.35))
+        bias *= np.float32(rng.uniform(0.2, 0.4))
         img *= np.exp(bias)
-        sigma = np.float32(rng.uniform(0.025, 0.045) * means[TISSUES["blood"]])
+        sigma = np.float32(rng.uniform(0.03, 0.05) * means[TISSUES["blood"]])
         n1 = rng.standard_normal(shape, dtype=np.float32)
         n1 *= sigma
         n1 += img

@@ -32,7 +32,7 @@ CONFIG = "config.json"
 
 @lru_cache(maxsize=1)
 def git_commit() -> str:
-    """The short commit of the repository the code runs from, ``+dirty`` if tracked files changed."""
+    """The short commit of the repository the code runs from, ``-dirty`` if tracked files changed."""
     try:
         head = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "--short=12", "HEAD"],
                               capture_output=True, text=True, timeout=10)
@@ -40,7 +40,7 @@ def git_commit() -> str:
             return "unknown"
         dirty = subprocess.run(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
                                capture_output=True, text=True, timeout=10)
-        return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+        return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 

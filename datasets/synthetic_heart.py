@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import inspect
+
+from benchmark import phantom
 from benchmark.dataset import Case, DatasetAdapter
 from benchmark.phantom import CLASSES, MODALITIES, generate_case
 from benchmark.registry import register_dataset
@@ -30,6 +34,10 @@ class SyntheticHeart(DatasetAdapter):
     homepage = ""
     layout = "none: generated from a seed on first use"
     needs_root = False
+
+    def fingerprint(self) -> str:
+        """The generator's source code keys the cache, so editing the phantom never reuses stale volumes."""
+        return hashlib.sha256(inspect.getsource(phantom).encode()).hexdigest()[:16]
 
     def load_case(self, modality: str, case_id: str) -> Case:
         self.check_modality(modality)

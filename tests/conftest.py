@@ -9,6 +9,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 import pytest
+import torch
+
+# One thread per test process: OpenMP threads spinning against a busy second core slow small models ~50x.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

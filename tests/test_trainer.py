@@ -29,7 +29,6 @@ class Stop(Exception):
 
 
 def test_same_seed_same_numbers_and_resume_is_exact(tmp_path):
-    torch.set_num_threads(1)
     spec = make_spec(steps=6)
     dirs = [tmp_path / n for n in "abc"]
     for d in dirs:

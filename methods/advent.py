@@ -1,0 +1,79 @@
+"""``advent``: entropy minimisation (MinEnt) and its adversarial variant (AdvEnt)."""
+
+from __future__ import annotations
+
+import torch
+
+from benchmark.blocks import OutputDiscriminator, entropy_map, gan_loss, set_requires_grad
+from benchmark.hparams import HParam, choice, log_uniform
+from benchmark.losses import dice_ce_loss
+from benchmark.method import Method
+from benchmark.registry import register_method
+
+
+@register_method("advent")
+class Advent(Method):
+    """Entropy minimisation on target predictions, direct or adversarial (ADVENT; Vu et al., CVPR 2019).
+
+    Vu, Jain, Bucher, Cord, Pérez. "ADVENT: Adversarial Entropy Minimization for Domain Adaptation in Semantic
+    Segmentation." CVPR 2019. ``variant="minent"`` adds ``ent_weight`` times the mean normalised pixel entropy of
+    target predictions to the supervised source loss; ``variant="advent"`` (the default) instead trains a
+    discriminator on the weighted self-information maps ``-p log p`` of source and target predictions and trains
+    the segmenter to make target maps look like source maps.
+
+    Deliberate differences: single-level (the paper also aligns an intermediate output); Dice + cross-entropy as
+    the supervised loss; the paper's DeepLab-v2 backbone is the suite's U-Net.
+    """
+
+    streams = ("source", "target")
+    HPARAMS = {
+        "variant": HParam("advent", choice(["advent", "minent"]), "adversarial (advent) or direct (minent)"),
+        "ent_weight": HParam(0.001, log_uniform(1e-4, 1e-2), "MinEnt weight (paper: 0.001)"),
+        "adv_weight": HParam(0.001, log_uniform(1e-4, 1e-2), "AdvEnt weight (paper: 0.001)"),
+        "d_lr": HParam(1e-4, log_uniform(3e-5, 3e-4), "discriminator learning rate (paper: 1e-4)"),
+        "dice_weight": HParam(1.0, None, "weight of the soft Dice term beside cross-entropy"),
+    }
+
+    def __init__(self, ctx, hparams):
+        super().__init__(ctx, hparams)
+        if hparams["variant"] not in ("advent", "minent"):
+            raise ValueError(f"advent: variant must be 'advent' or 'minent', not {hparams['variant']!r}.")
+        self.segmenter = ctx.backbone()
+        self.discriminator = OutputDiscriminator(ctx.num_classes)
+        self.optimizers = [
+            torch.optim.Adam(self.segmenter.parameters(), lr=hparams["lr"], weight_decay=hparams["weight_decay"]),
+            torch.optim.Adam(self.discriminator.parameters(), lr=hparams["d_lr"], betas=(0.9, 0.99)),
+        ]
+
+    def update(self, batch, step):
+        opt_s, opt_d = self.optimizers
+        hp = self.hparams
+        logits_s = self.segmenter(batch.source_x)
+        logits_t = self.segmenter(batch.target_x)
+        seg = dice_ce_loss(logits_s, batch.source_y, hp["dice_weight"])
+        ent_t = entropy_map(logits_t)
+        losses = {"seg": seg.item()}
+        if hp["variant"] == "minent":
+            ent = ent_t.sum(1).mean()
+            opt_s.zero_grad(set_to_none=True)
+            (seg + hp["ent_weight"] * ent).backward()
+            opt_s.step()
+            return {**losses, "entropy": ent.item()}
+        set_requires_grad(self.discriminator, False)
+        adv = gan_loss(self.discriminator(ent_t), real=True, kind="vanilla")
+        opt_s.zero_grad(set_to_none=True)
+        (seg + hp["adv_weight"] * adv).backward()
+        opt_s.step()
+        set_requires_grad(self.discriminator, True)
+        d_loss = 0.5 * (gan_loss(self.discriminator(entropy_map(logits_s.detach())), real=True, kind="vanilla")
+                        + gan_loss(self.discriminator(ent_t.detach()), real=False, kind="vanilla"))
+        opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        opt_d.step()
+        return {**losses, "adv": adv.item(), "disc": d_loss.item()}
+
+    def predict(self, images):
+        return self.segmenter(images)
+
+    def features(self, images):
+        return self.segmenter.forward_features(images)[1]

@@ -1,0 +1,129 @@
+"""The slice cache and the batch sampler."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import benchmark
+from benchmark import cache as cache_mod
+from benchmark.cache import PreprocessSettings, SliceCache, cache_path, prepare
+from benchmark.data import BatchSampler, Stream
+from benchmark.protocol import TrialSpec
+from benchmark.trainer import build_streams
+
+
+@pytest.fixture(scope="module")
+def adapter():
+    return benchmark.get_dataset("synthetic-heart")
+
+
+@pytest.fixture
+def cache(adapter):
+    return prepare(adapter, PreprocessSettings(size=64), workers=2, log=lambda s: None)
+
+
+def test_cache_layout_and_normalisation(adapter, cache):
+    index = cache.index
+    assert index["dataset"] == "synthetic-heart" and index["settings"]["size"] == 64
+    for m in ("mr", "ct"):
+        images, labels = cache.array(m, "images"), cache.array(m, "labels")
+        assert isinstance(images, np.memmap) and images.dtype == np.float32 and labels.dtype == np.uint8
+        assert images.shape[1:] == (64, 64) and labels.shape == images.shape
+        cases = index["cases"][m]
+        assert sorted(cases) == sorted(adapter.cases(m, "train") + adapter.cases(m, "test"))
+        assert {c["split"] for c in cases.values()} == {"train", "test"}
+        # statistics from the training volumes only: they have mean 0 and std 1, test volumes need not
+        train = np.concatenate([images[c["start"]:c["stop"]].ravel() for c in cases.values() if c["split"] == "train"])
+        assert abs(train.mean()) < 1e-4 and abs(train.std() - 1) < 1e-4
+        assert set(np.unique(labels)) == {0, 1, 2, 3, 4}
+
+
+def test_cache_spacing_is_the_resized_grid(adapter, cache):
+    from benchmark.phantom import generate_case
+
+    raw = generate_case("ct", 0)
+    info = cache.case_info("ct", "000")
+    x, y, z = raw.image.shape
+    assert info["raw_shape"] == [x, y, z]
+    assert info["stop"] - info["start"] == z
+    assert info["spacing"] == pytest.approx([raw.spacing[2], raw.spacing[0] * x / 64, raw.spacing[1] * y / 64])
+
+
+def test_resize_keeps_label_volumes_close(adapter):
+    """Per-class physical volume survives the 64x64 resize within a few percent."""
+    from benchmark.phantom import generate_case
+
+    raw = generate_case("mr", 1)
+    labels = np.moveaxis(raw.label, 2, 0)
+    small = cache_mod._resize_slices(labels, 64, labels=5)
+    scale = (labels.shape[1] / 64) * (labels.shape[2] / 64)
+    for c in range(1, 5):
+        before, after = (labels == c).sum(), (small == c).sum() * scale
+        assert after == pytest.approx(before, rel=0.08), c
+
+
+def test_prepare_is_atomic(adapter, tmp_path, monkeypatch):
+    """A prepare that fails halfway leaves no cache directory and no temporary files behind."""
+    calls = {"n": 0}
+    real = cache_mod._preprocess_one
+
+    def flaky(*args):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise OSError("disk full")
+        return real(*args)
+
+    monkeypatch.setattr(cache_mod, "_preprocess_one", flaky)
+    settings = PreprocessSettings(size=32)
+    with pytest.raises(OSError, match="disk full"):
+        prepare(adapter, settings, root=tmp_path, workers=1, log=lambda s: None)
+    assert not cache_path(adapter, settings, tmp_path).exists()
+    assert list((tmp_path / "synthetic-heart").iterdir()) == []
+
+
+def test_unreadable_cache_index_is_reported(tmp_path):
+    (tmp_path / "index.json").write_text("{not json")
+    with pytest.raises(benchmark.errors.DataError, match="unreadable"):
+        SliceCache(tmp_path)
+
+
+def test_corrupt_cache_array_is_reported(tmp_path, cache):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(cache.path, copy)
+    (copy / "ct_images.npy").write_bytes(b"\x93NUMPY garbage")
+    with pytest.raises(benchmark.errors.DataError, match="ct_images.npy is missing or corrupt"):
+        SliceCache(copy).array("ct", "images")
+
+
+def test_batches_are_deterministic_per_step_and_labeled_only_where_allowed(adapter, cache):
+    spec = TrialSpec(dataset="synthetic-heart", direction="mr2ct", method="x", shots=1, seed=0, preset="quick")
+    streams = build_streams(adapter, spec, ("source", "target"))
+    sampler = BatchSampler(cache, streams, batch_size=4, seed=0)
+    b1, b2, b3 = sampler.batch(7), sampler.batch(7), sampler.batch(8)
+    assert b1.source_x.shape == (4, 1, 64, 64) and b1.source_y.shape == (4, 64, 64)
+    assert b1.target_x.shape == (4, 1, 64, 64)
+    assert b1.target_labeled_y is None and b1.source_unlabeled_x is None
+    assert str(b1.source_y.dtype) == "torch.int64" and int(b1.source_y.max()) <= 4
+    assert (b1.source_x == b2.source_x).all() and (b1.source_y == b2.source_y).all()
+    assert not (b1.source_x == b3.source_x).all()
+    # the labeled source slices come only from the one labeled volume
+    (case,) = streams["source"].cases
+    r = cache.slice_range("mr", case)
+    assert set(streams["source"].slices.tolist()) == set(range(r.start, r.stop))
+
+
+def test_streams_are_independent_of_each_other(adapter, cache):
+    spec = TrialSpec(dataset="synthetic-heart", direction="ct2mr", method="x", shots=4, seed=2, preset="quick")
+    both = BatchSampler(cache, build_streams(adapter, spec, ("source", "target")), batch_size=4, seed=2).batch(3)
+    alone = BatchSampler(cache, build_streams(adapter, spec, ("target",)), batch_size=4, seed=2).batch(3)
+    assert both.target_x.equal(alone.target_x)
+
+
+def test_unknown_stream_is_rejected(cache):
+    with pytest.raises(ValueError, match="Unknown stream 'bogus'"):
+        BatchSampler(cache, {"bogus": Stream("mr", ["000"], True)}, batch_size=2, seed=0)

@@ -1,0 +1,94 @@
+"""Conformance tests every registered method passes (a new method file is tested for free)."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import pytest
+import torch
+
+from benchmark import registry
+from benchmark.data import STREAMS, Batch
+from benchmark.hparams import resolve
+from benchmark.method import Method, MethodContext
+from benchmark.models import build_segmenter
+
+registry.discover()
+METHOD_NAMES = registry.METHODS.names()
+BACKBONE = {"encoder": "resnet18", "encoder_depth": 3, "decoder_channels": [16, 8, 8]}
+SIZE, CLASSES, B = 32, 5, 2
+
+
+def tiny_batch(seed: int) -> Batch:
+    g = torch.Generator().manual_seed(seed)
+    batch = Batch()
+    for name, labeled in STREAMS.items():
+        setattr(batch, f"{name}_x", torch.randn(B, 1, SIZE, SIZE, generator=g))
+        if labeled:
+            setattr(batch, f"{name}_y", torch.randint(0, CLASSES, (B, SIZE, SIZE), generator=g))
+    return batch
+
+
+def build(name: str, seed: int = 0) -> Method:
+    cls = registry.METHODS.get(name)
+    ctx = MethodContext(in_channels=1, num_classes=CLASSES, device=torch.device("cpu"), total_steps=10,
+                        class_names=("A", "B", "C", "D"), backbone=lambda: build_segmenter(BACKBONE, 1, CLASSES))
+    torch.manual_seed(seed)
+    return cls(ctx, resolve(cls.declared_hparams(), 0))
+
+
+def train(method: Method, steps: int = 2) -> list[dict[str, float]]:
+    out = []
+    for step in range(steps):
+        torch.manual_seed(1000 + step)
+        method.train()
+        out.append(method.update(tiny_batch(step), step))
+    return out
+
+
+@pytest.mark.parametrize("name", METHOD_NAMES)
+def test_contract(name):
+    cls = registry.METHODS.get(name)
+    assert issubclass(cls, Method) and cls.__doc__
+    assert set(cls.streams) <= set(STREAMS)
+    method = build(name)
+    assert method.optimizers, "a method lists its optimizers so the trainer can schedule them"
+    for losses in train(method):
+        assert losses and all(isinstance(v, float) and math.isfinite(v) for v in losses.values())
+    method.eval()
+    x = torch.randn(3, 1, SIZE, SIZE)
+    with torch.no_grad():
+        assert method.predict(x).shape == (3, CLASSES, SIZE, SIZE)
+        feats = method.features(x)
+    assert feats.ndim == 4 and feats.shape[0] == 3
+
+
+@pytest.mark.parametrize("name", METHOD_NAMES)
+def test_deterministic_for_a_seed(name):
+    a, b = build(name, seed=3), build(name, seed=3)
+    assert train(a) == train(b)
+    x = torch.randn(2, 1, SIZE, SIZE)
+    a.eval(), b.eval()
+    with torch.no_grad():
+        assert torch.equal(a.predict(x), b.predict(x))
+
+
+@pytest.mark.parametrize("name", METHOD_NAMES)
+def test_checkpoint_round_trip(name):
+    a = build(name, seed=1)
+    train(a, 1)
+    buf = io.BytesIO()
+    torch.save({"method": a.state_dict(), "optimizers": [o.state_dict() for o in a.optimizers]}, buf)
+    buf.seek(0)
+    b = build(name, seed=2)
+    state = torch.load(buf, weights_only=False)
+    b.load_state_dict(state["method"])
+    for opt, s in zip(b.optimizers, state["optimizers"]):
+        opt.load_state_dict(s)
+    # identical after restoring, and identical after one more step
+    assert train(a, 1) == train(b, 1)
+    x = torch.randn(2, 1, SIZE, SIZE)
+    a.eval(), b.eval()
+    with torch.no_grad():
+        assert torch.equal(a.predict(x), b.predict(x))
