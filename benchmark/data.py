@@ -23,6 +23,7 @@ from .protocol import derive_seed
 STREAMS = {
     "source": True,               # the K labeled source training volumes
     "source_unlabeled": False,    # the other source training volumes
+    "source_all": False,          # every source training volume, images only
     "target": False,              # every target training volume, unlabeled
     "target_labeled": True,       # K labeled target training volumes (the oracle reference only)
 }
@@ -35,6 +36,7 @@ class Batch:
     source_x: torch.Tensor | None = None
     source_y: torch.Tensor | None = None
     source_unlabeled_x: torch.Tensor | None = None
+    source_all_x: torch.Tensor | None = None
     target_x: torch.Tensor | None = None
     target_labeled_x: torch.Tensor | None = None
     target_labeled_y: torch.Tensor | None = None

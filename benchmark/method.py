@@ -6,8 +6,8 @@ holds only what is specific to the method. A method
 
 * is constructed from a :class:`MethodContext` (channels, classes, device, a backbone factory, the step budget)
   and its resolved hyperparameters;
-* declares the data streams it consumes (``streams``: ``source``, ``source_unlabeled``, ``target``,
-  ``target_labeled``) so the loader builds only those;
+* declares the data streams it consumes (``streams``: ``source``, ``source_unlabeled``, ``source_all``,
+  ``target``, ``target_labeled``; see :data:`benchmark.data.STREAMS`) so the loader builds only those;
 * declares its hyperparameters beside its code in ``HPARAMS`` (merged along the class hierarchy);
 * creates its optimizers in ``__init__`` and lists them in ``self.optimizers`` (the trainer schedules them);
 * exposes its segmenter's features through :meth:`features` so plug-ins can attach to it.
@@ -15,7 +15,8 @@ holds only what is specific to the method. A method
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, ClassVar
 
 import torch
@@ -32,9 +33,14 @@ class MethodContext:
     in_channels: int
     num_classes: int
     device: torch.device
-    backbone: Callable[[], Segmenter]
+    #: Builds a fresh U-Net of the preset; ``backbone(n)`` gives one with ``n`` output channels.
+    backbone: Callable[..., Segmenter]
     total_steps: int
     class_names: tuple[str, ...] = ()
+    #: A folder for artifacts that trials may share (e.g. a translator that does not depend on the shot count).
+    artifacts: Path | None = None
+    #: What identifies the trial's data and budget apart from the method: dataset, direction, seed, preset.
+    run_key: dict[str, Any] = field(default_factory=dict)
 
 
 class Method(nn.Module):

@@ -44,6 +44,8 @@ def build_streams(adapter, spec: TrialSpec, wanted: tuple[str, ...]) -> dict[str
             rest = [c for c in src_train if c not in labeled]
             # with shots=all no source volume is left unlabeled: the labeled volumes' images serve instead
             streams[name] = Stream(source, rest or list(labeled), False)
+        elif name == "source_all":
+            streams[name] = Stream(source, list(src_train), False)
         elif name == "target":
             streams[name] = Stream(target, adapter.cases(target, "train"), False)
         elif name == "target_labeled":
@@ -122,7 +124,10 @@ def run_trial(spec: TrialSpec, trial_dir: Path, *, device: torch.device | str = 
     total = int(settings["steps"])
     ctx = MethodContext(in_channels=1, num_classes=num_classes, device=device, total_steps=total,
                         class_names=tuple(adapter.classes),
-                        backbone=lambda: build_segmenter(settings["backbone"], 1, num_classes))
+                        backbone=lambda classes=num_classes: build_segmenter(settings["backbone"], 1, classes),
+                        artifacts=cache.path / "artifacts",
+                        run_key={"dataset": spec.dataset, "dataset_version": spec.dataset_version,
+                                 "direction": spec.direction, "seed": spec.seed, "preset": settings})
     torch.manual_seed(derive_seed("init", spec.seed))
     method = method_cls(ctx, spec.hparams).to(device)
     schedulers = [torch.optim.lr_scheduler.LambdaLR(o, lr_lambda(settings["warmup_steps"], total))

@@ -33,7 +33,8 @@ def tiny_batch(seed: int) -> Batch:
 def build(name: str, seed: int = 0) -> Method:
     cls = registry.METHODS.get(name)
     ctx = MethodContext(in_channels=1, num_classes=CLASSES, device=torch.device("cpu"), total_steps=10,
-                        class_names=("A", "B", "C", "D"), backbone=lambda: build_segmenter(BACKBONE, 1, CLASSES))
+                        class_names=("A", "B", "C", "D"),
+                        backbone=lambda classes=CLASSES: build_segmenter(BACKBONE, 1, classes))
     torch.manual_seed(seed)
     return cls(ctx, resolve(cls.declared_hparams(), 0))
 

@@ -88,6 +88,17 @@ def test_discover_finds_the_repository_plugins():
     assert registry.METHODS.get("source_only") is entry.cls
 
 
+def test_aliases_resolve_to_the_canonical_name():
+    registry.discover()
+    assert registry.METHODS.canonical("sifa") == "sifa_lite"
+    assert registry.METHODS.get("sifa") is registry.METHODS.get("sifa_lite")
+    from benchmark.runner import build_grid
+
+    (spec,) = build_grid(dataset="synthetic-heart", methods=["sifa"], shots=[1], directions=["mr2ct"], seeds=[0],
+                         preset="quick")
+    assert spec.method == "sifa_lite"  # tables show the canonical name
+
+
 def test_plugin_path_env_adds_a_folder(tmp_path, monkeypatch):
     (tmp_path / "methods").mkdir()
     (tmp_path / "methods" / "my_method.py").write_text(textwrap.dedent('''

@@ -1,0 +1,122 @@
+"""``sifa_lite`` (alias ``sifa``): synergistic image and feature alignment, without SIFA's auxiliary parts."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from benchmark.blocks import (ImagePool, OutputDiscriminator, PatchDiscriminator, ResnetGenerator, gan_loss,
+                              set_requires_grad)
+from benchmark.hparams import HParam, log_uniform, uniform
+from benchmark.losses import dice_ce_loss
+from benchmark.method import Method
+from benchmark.registry import register_method
+
+
+@register_method("sifa_lite", aliases=("sifa",))
+class SIFALite(Method):
+    """Joint image translation and segmentation with a shared encoder (after SIFA; Chen et al. 2019/2020).
+
+    Chen, Dou, Chen, Qin, Heng. "Synergistic Image and Feature Adaptation: Towards Cross-Modality Domain
+    Adaptation of Medical Image Segmentation." AAAI 2019; extended in IEEE TMI 39(7), 2020.
+
+    Kept from SIFA: a generator G_t renders source images in the target appearance, judged by an image
+    discriminator D_t; the segmenter's encoder E is shared with the target->source path, whose decoder U
+    reconstructs source-like images from E's features, judged by an image discriminator D_s; cycle consistency
+    through both paths (x_s -> G_t -> E -> U ~ x_s, and x_t -> E -> U -> G_t ~ x_t); the segmenter (E and its
+    classifier) is trained on translated source images with their labels; an output-space discriminator D_p
+    aligns its predictions on translated source images and real target images. All parts train jointly from the
+    start, each with its own optimizer; the segmentation loss updates E and the classifier only (the translated
+    images are detached), as in SIFA.
+
+    Dropped ("lite"): the deep-supervision branch on an intermediate layer and the auxiliary discriminator on the
+    source-like reconstructions' segmentation. Other deliberate differences: E and its classifier are the suite's
+    U-Net, and U is a U-Net decoder reading E's skip connections (SIFA's decoder reads only the deepest features),
+    which makes reconstruction easier and the cycle constraint on E weaker; the generator is narrower than
+    SIFA's; Dice + cross-entropy as the supervised loss.
+    """
+
+    streams = ("source", "target")
+    HPARAMS = {
+        "g_lr": HParam(2e-4, log_uniform(5e-5, 5e-4), "learning rate of generator, decoder, discriminators"),
+        "cycle_weight": HParam(10.0, uniform(5.0, 20.0), "cycle-consistency weight (SIFA: 10)"),
+        "image_adv_weight": HParam(1.0, uniform(0.5, 2.0), "weight of the two image-level adversarial terms"),
+        "output_adv_weight": HParam(0.1, log_uniform(0.01, 0.5), "weight of the output-space adversarial term"),
+        "seg_weight": HParam(1.0, None, "weight of the segmentation loss"),
+        "gen_width": HParam(16, None, "generator (and image discriminator) width; CycleGAN: 64"),
+        "gen_blocks": HParam(4, None, "residual blocks of the generator"),
+        "pool_size": HParam(50, None, "image pool size"),
+        "dice_weight": HParam(1.0, None, "weight of the soft Dice term beside cross-entropy"),
+    }
+
+    def __init__(self, ctx, hparams):
+        super().__init__(ctx, hparams)
+        hp, c = hparams, ctx.in_channels
+        self.segmenter = ctx.backbone()
+        recon = ctx.backbone(c)  # a U-Net of the same shape; only its decoder and head are used as U
+        recon.unet.encoder = nn.Identity()
+        self.decoder_u = recon
+        self.g_t = ResnetGenerator(c, c, hp["gen_width"], hp["gen_blocks"])
+        self.d_t = PatchDiscriminator(c, hp["gen_width"])
+        self.d_s = PatchDiscriminator(c, hp["gen_width"])
+        self.d_p = OutputDiscriminator(ctx.num_classes, hp["gen_width"])
+        adam = lambda params, lr: torch.optim.Adam(params, lr=lr, betas=(0.5, 0.999))  # noqa: E731
+        self.optimizers = [
+            torch.optim.Adam(self.segmenter.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"]),
+            adam(list(self.g_t.parameters()) + list(self.decoder_u.parameters()), hp["g_lr"]),
+            adam(list(self.d_t.parameters()) + list(self.d_s.parameters()) + list(self.d_p.parameters()), hp["g_lr"]),
+        ]
+        self.pool_t, self.pool_s = ImagePool(hp["pool_size"], seed=1), ImagePool(hp["pool_size"], seed=2)
+
+    def _reconstruct(self, skips: list[torch.Tensor]) -> torch.Tensor:
+        return self.decoder_u.head(self.decoder_u.decode(skips))
+
+    def update(self, batch, step):
+        hp = self.hparams
+        opt_seg, opt_gen, opt_d = self.optimizers
+        xs, ys, xt = batch.source_x, batch.source_y, batch.target_x
+        discriminators = (self.d_t, self.d_s, self.d_p)
+        for d in discriminators:
+            set_requires_grad(d, False)
+
+        fake_t = self.g_t(xs)                                   # source rendered as target
+        skips_ft = self.segmenter.encode(fake_t)
+        skips_t = self.segmenter.encode(xt)
+        fake_s = self._reconstruct(skips_t)                     # target rendered as source (through E)
+        cycle = F.l1_loss(self._reconstruct(skips_ft), xs) + F.l1_loss(self.g_t(fake_s), xt)
+        image_adv = gan_loss(self.d_t(fake_t), True) + gan_loss(self.d_s(fake_s), True)
+        logits_t = self.segmenter.head(self.segmenter.decode(skips_t))
+        output_adv = gan_loss(self.d_p(logits_t.softmax(1)), True)
+        # the segmentation loss reaches E and the classifier only: the translated image is detached
+        logits_ft = self.segmenter(fake_t.detach())
+        seg = dice_ce_loss(logits_ft, ys, hp["dice_weight"])
+        total = (hp["cycle_weight"] * cycle + hp["image_adv_weight"] * image_adv
+                 + hp["output_adv_weight"] * output_adv + hp["seg_weight"] * seg)
+        opt_seg.zero_grad(set_to_none=True)
+        opt_gen.zero_grad(set_to_none=True)
+        total.backward()
+        opt_seg.step()
+        opt_gen.step()
+
+        for d in discriminators:
+            set_requires_grad(d, True)
+        d_loss = (gan_loss(self.d_t(xt), True) + gan_loss(self.d_t(self.pool_t.query(fake_t)), False)
+                  + gan_loss(self.d_s(xs), True) + gan_loss(self.d_s(self.pool_s.query(fake_s)), False)
+                  + gan_loss(self.d_p(logits_ft.detach().softmax(1)), True)
+                  + gan_loss(self.d_p(logits_t.detach().softmax(1)), False)) / 2
+        opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        opt_d.step()
+        return {"seg": seg.item(), "cycle": cycle.item(), "image_adv": image_adv.item(),
+                "output_adv": output_adv.item(), "disc": d_loss.item()}
+
+    def translate(self, images: torch.Tensor) -> torch.Tensor:
+        """Source images rendered in the target modality's appearance."""
+        return self.g_t(images)
+
+    def predict(self, images):
+        return self.segmenter(images)
+
+    def features(self, images):
+        return self.segmenter.forward_features(images)[1]
