@@ -88,17 +88,30 @@ class Plugin(nn.Module):
     HPARAMS: ClassVar[dict[str, HParam]] = {}
 
 
-class SupervisedMethod(Method):
-    """A U-Net trained with Dice + cross-entropy on one labeled stream (the reference rows' shared core)."""
+class SegmenterMethod(Method):
+    """A method built around one U-Net ``segmenter``: it predicts, exposes features and owns the first optimizer.
 
-    labeled_stream: ClassVar[str] = "source"
-    HPARAMS = {"dice_weight": HParam(1.0, uniform(0.5, 2.0), "weight of the soft Dice term beside cross-entropy")}
+    Subclasses add their own networks and append their optimizers to ``self.optimizers``.
+    """
 
     def __init__(self, ctx: MethodContext, hparams: dict[str, Any]):
         super().__init__(ctx, hparams)
         self.segmenter = ctx.backbone()
         self.optimizers = [torch.optim.Adam(self.segmenter.parameters(), lr=hparams["lr"],
                                             weight_decay=hparams["weight_decay"])]
+
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        return self.segmenter(images)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.segmenter.forward_features(images)[1]
+
+
+class SupervisedMethod(SegmenterMethod):
+    """A U-Net trained with Dice + cross-entropy on one labeled stream (the reference rows' shared core)."""
+
+    labeled_stream: ClassVar[str] = "source"
+    HPARAMS = {"dice_weight": HParam(1.0, uniform(0.5, 2.0), "weight of the soft Dice term beside cross-entropy")}
 
     def update(self, batch: Batch, step: int) -> dict[str, float]:
         x = getattr(batch, f"{self.labeled_stream}_x")
@@ -109,9 +122,3 @@ class SupervisedMethod(Method):
         loss.backward()
         opt.step()
         return {"loss": loss.item()}
-
-    def predict(self, images: torch.Tensor) -> torch.Tensor:
-        return self.segmenter(images)
-
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        return self.segmenter.forward_features(images)[1]

@@ -7,12 +7,12 @@ import torch
 from benchmark.blocks import OutputDiscriminator, gan_loss, set_requires_grad
 from benchmark.hparams import HParam, choice, log_uniform
 from benchmark.losses import dice_ce_loss
-from benchmark.method import Method
+from benchmark.method import SegmenterMethod
 from benchmark.registry import register_method
 
 
 @register_method("adaptseg")
-class AdaptSeg(Method):
+class AdaptSeg(SegmenterMethod):
     """Output-space adversarial adaptation (AdaptSegNet; Tsai et al., CVPR 2018).
 
     Tsai, Hung, Schulter, Sohn, Yang, Chandraker. "Learning to Adapt Structured Output Space for Semantic
@@ -36,12 +36,9 @@ class AdaptSeg(Method):
 
     def __init__(self, ctx, hparams):
         super().__init__(ctx, hparams)
-        self.segmenter = ctx.backbone()
         self.discriminator = OutputDiscriminator(ctx.num_classes)
-        self.optimizers = [
-            torch.optim.Adam(self.segmenter.parameters(), lr=hparams["lr"], weight_decay=hparams["weight_decay"]),
-            torch.optim.Adam(self.discriminator.parameters(), lr=hparams["d_lr"], betas=(0.9, 0.99)),
-        ]
+        self.optimizers.append(
+            torch.optim.Adam(self.discriminator.parameters(), lr=hparams["d_lr"], betas=(0.9, 0.99)))
 
     def update(self, batch, step):
         opt_s, opt_d = self.optimizers
@@ -63,9 +60,3 @@ class AdaptSeg(Method):
         d_loss.backward()
         opt_d.step()
         return {"seg": seg.item(), "adv": adv.item(), "disc": d_loss.item()}
-
-    def predict(self, images):
-        return self.segmenter(images)
-
-    def features(self, images):
-        return self.segmenter.forward_features(images)[1]

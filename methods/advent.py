@@ -7,12 +7,12 @@ import torch
 from benchmark.blocks import OutputDiscriminator, entropy_map, gan_loss, set_requires_grad
 from benchmark.hparams import HParam, choice, log_uniform
 from benchmark.losses import dice_ce_loss
-from benchmark.method import Method
+from benchmark.method import SegmenterMethod
 from benchmark.registry import register_method
 
 
 @register_method("advent")
-class Advent(Method):
+class Advent(SegmenterMethod):
     """Entropy minimisation on target predictions, direct or adversarial (ADVENT; Vu et al., CVPR 2019).
 
     Vu, Jain, Bucher, Cord, Pérez. "ADVENT: Adversarial Entropy Minimization for Domain Adaptation in Semantic
@@ -35,15 +35,12 @@ class Advent(Method):
     }
 
     def __init__(self, ctx, hparams):
-        super().__init__(ctx, hparams)
         if hparams["variant"] not in ("advent", "minent"):
             raise ValueError(f"advent: variant must be 'advent' or 'minent', not {hparams['variant']!r}.")
-        self.segmenter = ctx.backbone()
+        super().__init__(ctx, hparams)
         self.discriminator = OutputDiscriminator(ctx.num_classes)
-        self.optimizers = [
-            torch.optim.Adam(self.segmenter.parameters(), lr=hparams["lr"], weight_decay=hparams["weight_decay"]),
-            torch.optim.Adam(self.discriminator.parameters(), lr=hparams["d_lr"], betas=(0.9, 0.99)),
-        ]
+        self.optimizers.append(
+            torch.optim.Adam(self.discriminator.parameters(), lr=hparams["d_lr"], betas=(0.9, 0.99)))
 
     def update(self, batch, step):
         opt_s, opt_d = self.optimizers
@@ -71,9 +68,3 @@ class Advent(Method):
         d_loss.backward()
         opt_d.step()
         return {**losses, "adv": adv.item(), "disc": d_loss.item()}
-
-    def predict(self, images):
-        return self.segmenter(images)
-
-    def features(self, images):
-        return self.segmenter.forward_features(images)[1]

@@ -13,12 +13,12 @@ from benchmark.blocks import ImagePool, PatchDiscriminator, ResnetGenerator, gan
 from benchmark.hparams import HParam, choice, log_uniform, uniform
 from benchmark.io import atomic_write_bytes
 from benchmark.losses import dice_ce_loss
-from benchmark.method import Method
+from benchmark.method import SegmenterMethod
 from benchmark.registry import register_method
 
 
 @register_method("cyclegan_uda")
-class CycleGANUDA(Method):
+class CycleGANUDA(SegmenterMethod):
     """Two-stage UDA: CycleGAN source->target translation, then a segmenter on translated labeled images.
 
     Zhu, Park, Isola, Efros. "Unpaired Image-to-Image Translation using Cycle-Consistent Adversarial Networks."
@@ -56,7 +56,6 @@ class CycleGANUDA(Method):
     def __init__(self, ctx, hparams):
         super().__init__(ctx, hparams)
         hp = hparams
-        self.segmenter = ctx.backbone()
         c = ctx.in_channels
         self.g_st = ResnetGenerator(c, c, hp["gen_width"], hp["gen_blocks"])
         self.g_ts = ResnetGenerator(c, c, hp["gen_width"], hp["gen_blocks"])
@@ -64,11 +63,8 @@ class CycleGANUDA(Method):
         self.d_t = PatchDiscriminator(c, hp["gen_width"])
         g_params = list(self.g_st.parameters()) + list(self.g_ts.parameters())
         d_params = list(self.d_s.parameters()) + list(self.d_t.parameters())
-        self.optimizers = [
-            torch.optim.Adam(self.segmenter.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"]),
-            torch.optim.Adam(g_params, lr=hp["g_lr"], betas=(0.5, 0.999)),
-            torch.optim.Adam(d_params, lr=hp["g_lr"], betas=(0.5, 0.999)),
-        ]
+        self.optimizers += [torch.optim.Adam(g_params, lr=hp["g_lr"], betas=(0.5, 0.999)),
+                            torch.optim.Adam(d_params, lr=hp["g_lr"], betas=(0.5, 0.999))]
         self.pool_s, self.pool_t = ImagePool(hp["pool_size"], seed=1), ImagePool(hp["pool_size"], seed=2)
         self.translate_steps = int(round(hp["translate_fraction"] * ctx.total_steps))
         self.register_buffer("translator_ready", torch.zeros((), dtype=torch.bool))
@@ -149,9 +145,3 @@ class CycleGANUDA(Method):
     def translate(self, images: torch.Tensor) -> torch.Tensor:
         """Source images rendered in the target modality's appearance."""
         return self.g_st(images)
-
-    def predict(self, images):
-        return self.segmenter(images)
-
-    def features(self, images):
-        return self.segmenter.forward_features(images)[1]

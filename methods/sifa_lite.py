@@ -10,12 +10,12 @@ from benchmark.blocks import (ImagePool, OutputDiscriminator, PatchDiscriminator
                               set_requires_grad)
 from benchmark.hparams import HParam, log_uniform, uniform
 from benchmark.losses import dice_ce_loss
-from benchmark.method import Method
+from benchmark.method import SegmenterMethod
 from benchmark.registry import register_method
 
 
 @register_method("sifa_lite", aliases=("sifa",))
-class SIFALite(Method):
+class SIFALite(SegmenterMethod):
     """Joint image translation and segmentation with a shared encoder (after SIFA; Chen et al. 2019/2020).
 
     Chen, Dou, Chen, Qin, Heng. "Synergistic Image and Feature Adaptation: Towards Cross-Modality Domain
@@ -53,7 +53,6 @@ class SIFALite(Method):
     def __init__(self, ctx, hparams):
         super().__init__(ctx, hparams)
         hp, c = hparams, ctx.in_channels
-        self.segmenter = ctx.backbone()
         recon = ctx.backbone(c)  # a U-Net of the same shape; only its decoder and head are used as U
         recon.unet.encoder = nn.Identity()
         self.decoder_u = recon
@@ -62,8 +61,7 @@ class SIFALite(Method):
         self.d_s = PatchDiscriminator(c, hp["gen_width"])
         self.d_p = OutputDiscriminator(ctx.num_classes, hp["gen_width"])
         adam = lambda params, lr: torch.optim.Adam(params, lr=lr, betas=(0.5, 0.999))  # noqa: E731
-        self.optimizers = [
-            torch.optim.Adam(self.segmenter.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"]),
+        self.optimizers += [
             adam(list(self.g_t.parameters()) + list(self.decoder_u.parameters()), hp["g_lr"]),
             adam(list(self.d_t.parameters()) + list(self.d_s.parameters()) + list(self.d_p.parameters()), hp["g_lr"]),
         ]
@@ -114,9 +112,3 @@ class SIFALite(Method):
     def translate(self, images: torch.Tensor) -> torch.Tensor:
         """Source images rendered in the target modality's appearance."""
         return self.g_t(images)
-
-    def predict(self, images):
-        return self.segmenter(images)
-
-    def features(self, images):
-        return self.segmenter.forward_features(images)[1]
