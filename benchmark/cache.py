@@ -84,7 +84,8 @@ def _preprocess_one(dataset: str, root: str | None, modality: str, case_id: str,
     spacing = (float(case.spacing[axis]), in_plane[0] * h / settings.size, in_plane[1] * w / settings.size)
     label = None
     if case.label is not None:
-        label = _resize_slices(np.moveaxis(case.label, axis, 0), settings.size, labels=max(adapter.classes.values()) + 1)
+        n_labels = max(adapter.classes.values()) + 1
+        label = _resize_slices(np.moveaxis(case.label, axis, 0), settings.size, labels=n_labels)
     return {"image": _resize_slices(image, settings.size), "label": label, "spacing": spacing,
             "raw_shape": list(case.image.shape)}
 

@@ -185,15 +185,13 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    from .leaderboard import publish
+    from .leaderboard import build_rows, publish
     from .registry import REPO_ROOT
     from .store import ResultsStore
 
     directory = Path(args.dir)
     if not (directory / "trials").is_dir():
         raise UsageError(f"{directory} is not a run directory (it has no trials/ folder); pass the --out of a run.")
-    from .leaderboard import build_rows
-
     rows = build_rows(list(ResultsStore(directory).records()))
     if rows.empty:
         raise UsageError(f"{directory} has no finished trials to publish.")

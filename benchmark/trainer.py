@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,6 +29,7 @@ from .models import build_segmenter
 from .protocol import TrialSpec, derive_seed, parse_direction, select_labeled
 
 CHECKPOINT = "checkpoint.pt"
+
 Reporter = Callable[[dict[str, Any]], None]
 
 
@@ -157,8 +159,11 @@ def run_trial(spec: TrialSpec, trial_dir: Path, *, device: torch.device | str = 
             raise TrialDiverged(
                 f"Trial {spec.label} diverged: loss {', '.join(f'{k}={v}' for k, v in bad.items())} at step "
                 f"{step}. Lower the learning rate or check the method's losses.")
-        for sch in schedulers:
-            sch.step()
+        with warnings.catch_warnings():
+            # multi-stage methods leave some optimizers idle for a while; every schedule follows the global step
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)`")
+            for sch in schedulers:
+                sch.step()
         done = step + 1
         if done % settings["checkpoint_every"] == 0 and done < total:
             _atomic_torch_save({"method": method.state_dict(), "step": done,
