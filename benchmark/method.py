@@ -107,6 +107,23 @@ class SegmenterMethod(Method):
         return self.segmenter.forward_features(images)[1]
 
 
+class OutputAdversaryMethod(SegmenterMethod):
+    """A segmenter plus a fully convolutional discriminator on its output maps (AdaptSegNet, ADVENT).
+
+    The discriminator's Adam optimizer (betas 0.9, 0.99, as in both papers) is ``self.optimizers[1]``.
+    """
+
+    HPARAMS = {"d_lr": HParam(1e-4, log_uniform(3e-5, 3e-4), "discriminator learning rate (papers: 1e-4)")}
+
+    def __init__(self, ctx: MethodContext, hparams: dict[str, Any]):
+        from .blocks import OutputDiscriminator
+
+        super().__init__(ctx, hparams)
+        self.discriminator = OutputDiscriminator(ctx.num_classes)
+        self.optimizers.append(
+            torch.optim.Adam(self.discriminator.parameters(), lr=hparams["d_lr"], betas=(0.9, 0.99)))
+
+
 class SupervisedMethod(SegmenterMethod):
     """A U-Net trained with Dice + cross-entropy on one labeled stream (the reference rows' shared core)."""
 

@@ -29,7 +29,6 @@ from .models import build_segmenter
 from .protocol import TrialSpec, derive_seed, parse_direction, select_labeled
 
 CHECKPOINT = "checkpoint.pt"
-
 Reporter = Callable[[dict[str, Any]], None]
 
 

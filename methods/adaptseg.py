@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import torch
 
-from benchmark.blocks import OutputDiscriminator, gan_loss, set_requires_grad
+from benchmark.blocks import gan_loss, set_requires_grad
 from benchmark.hparams import HParam, choice, log_uniform
 from benchmark.losses import dice_ce_loss
-from benchmark.method import SegmenterMethod
+from benchmark.method import OutputAdversaryMethod
 from benchmark.registry import register_method
 
 
 @register_method("adaptseg")
-class AdaptSeg(SegmenterMethod):
+class AdaptSeg(OutputAdversaryMethod):
     """Output-space adversarial adaptation (AdaptSegNet; Tsai et al., CVPR 2018).
 
     Tsai, Hung, Schulter, Sohn, Yang, Chandraker. "Learning to Adapt Structured Output Space for Semantic
@@ -29,16 +28,9 @@ class AdaptSeg(SegmenterMethod):
     streams = ("source", "target")
     HPARAMS = {
         "adv_weight": HParam(0.001, log_uniform(1e-4, 1e-2), "weight of the adversarial term (paper: 0.001)"),
-        "d_lr": HParam(1e-4, log_uniform(3e-5, 3e-4), "discriminator learning rate (paper: 1e-4)"),
         "gan": HParam("vanilla", choice(["vanilla", "lsgan"]), "GAN objective"),
         "dice_weight": HParam(1.0, None, "weight of the soft Dice term beside cross-entropy"),
     }
-
-    def __init__(self, ctx, hparams):
-        super().__init__(ctx, hparams)
-        self.discriminator = OutputDiscriminator(ctx.num_classes)
-        self.optimizers.append(
-            torch.optim.Adam(self.discriminator.parameters(), lr=hparams["d_lr"], betas=(0.9, 0.99)))
 
     def update(self, batch, step):
         opt_s, opt_d = self.optimizers

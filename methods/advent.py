@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import torch
 
-from benchmark.blocks import OutputDiscriminator, entropy_map, gan_loss, set_requires_grad
+from benchmark.blocks import entropy_map, gan_loss, set_requires_grad
 from benchmark.hparams import HParam, choice, log_uniform
 from benchmark.losses import dice_ce_loss
-from benchmark.method import SegmenterMethod
+from benchmark.method import OutputAdversaryMethod
 from benchmark.registry import register_method
 
 
 @register_method("advent")
-class Advent(SegmenterMethod):
+class Advent(OutputAdversaryMethod):
     """Entropy minimisation on target predictions, direct or adversarial (ADVENT; Vu et al., CVPR 2019).
 
     Vu, Jain, Bucher, Cord, Pérez. "ADVENT: Adversarial Entropy Minimization for Domain Adaptation in Semantic
@@ -30,7 +29,6 @@ class Advent(SegmenterMethod):
         "variant": HParam("advent", choice(["advent", "minent"]), "adversarial (advent) or direct (minent)"),
         "ent_weight": HParam(0.001, log_uniform(1e-4, 1e-2), "MinEnt weight (paper: 0.001)"),
         "adv_weight": HParam(0.001, log_uniform(1e-4, 1e-2), "AdvEnt weight (paper: 0.001)"),
-        "d_lr": HParam(1e-4, log_uniform(3e-5, 3e-4), "discriminator learning rate (paper: 1e-4)"),
         "dice_weight": HParam(1.0, None, "weight of the soft Dice term beside cross-entropy"),
     }
 
@@ -38,9 +36,6 @@ class Advent(SegmenterMethod):
         if hparams["variant"] not in ("advent", "minent"):
             raise ValueError(f"advent: variant must be 'advent' or 'minent', not {hparams['variant']!r}.")
         super().__init__(ctx, hparams)
-        self.discriminator = OutputDiscriminator(ctx.num_classes)
-        self.optimizers.append(
-            torch.optim.Adam(self.discriminator.parameters(), lr=hparams["d_lr"], betas=(0.9, 0.99)))
 
     def update(self, batch, step):
         opt_s, opt_d = self.optimizers
