@@ -11,6 +11,9 @@
   NeurIPS 2017).
 * :func:`grad_reverse`: the gradient reversal layer (Ganin and Lempitsky, ICML 2015).
 * :func:`entropy_map`: normalised pixel-wise entropy of a softmax prediction (ADVENT).
+* :func:`warp`, :func:`warp_labels`, :func:`integrate_velocity`, :func:`smoothness`: spatial-transformer warping of
+  images and label maps by a dense displacement field (Jaderberg et al., NeurIPS 2015), scaling-and-squaring
+  integration of a velocity field (Dalca et al., MICCAI 2018) and a diffusion regulariser.
 """
 
 from __future__ import annotations
@@ -35,9 +38,16 @@ class _ResBlock(nn.Module):
 
 
 class ResnetGenerator(nn.Module):
-    """Image translator: (B, in_ch, H, W) -> (B, out_ch, H, W); H and W divisible by 4."""
+    """Image translator: (B, in_ch, H, W) -> (B, out_ch, H, W); H and W divisible by 4.
 
-    def __init__(self, in_ch: int = 1, out_ch: int = 1, width: int = 32, blocks: int = 6, tanh: bool = False):
+    CycleGAN's ResNet generator (Zhu et al., ICCV 2017, after Johnson et al., ECCV 2016): a 7x7 convolution, two
+    stride-2 convolutions, ``blocks`` residual blocks, two transposed convolutions and a 7x7 output convolution,
+    with instance norm. ``input_skip`` also feeds the input image to the output convolution (a long skip, as a
+    U-Net generator has), so that a briefly trained translator keeps the anatomy's full-resolution detail.
+    """
+
+    def __init__(self, in_ch: int = 1, out_ch: int = 1, width: int = 32, blocks: int = 6, tanh: bool = False,
+                 input_skip: bool = False):
         super().__init__()
         layers: list[nn.Module] = [nn.ReflectionPad2d(3), nn.Conv2d(in_ch, width, 7), nn.InstanceNorm2d(width),
                                    nn.ReLU(inplace=True)]
@@ -50,13 +60,14 @@ class ResnetGenerator(nn.Module):
             layers += [nn.ConvTranspose2d(ch, ch // 2, 3, stride=2, padding=1, output_padding=1),
                        nn.InstanceNorm2d(ch // 2), nn.ReLU(inplace=True)]
             ch //= 2
-        layers += [nn.ReflectionPad2d(3), nn.Conv2d(ch, out_ch, 7)]
-        if tanh:
-            layers.append(nn.Tanh())
         self.net = nn.Sequential(*layers)
+        self.input_skip = input_skip
+        self.out = nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(ch + (in_ch if input_skip else 0), out_ch, 7),
+                                 *([nn.Tanh()] if tanh else []))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        features = self.net(x)
+        return self.out(torch.cat([features, x], 1) if self.input_skip else features)
 
 
 class PatchDiscriminator(nn.Module):
@@ -195,3 +206,55 @@ def sigmoid_rampup(step: int, length: int) -> float:
 def set_requires_grad(module: nn.Module, flag: bool) -> None:
     for p in module.parameters():
         p.requires_grad_(flag)
+
+
+# --- spatial transformer helpers (Jaderberg et al., NeurIPS 2015), used by learned-augmentation methods ----------
+# A displacement field ``u`` is (B, 2, H, W) in normalised coordinates (channel 0: x, along the width; channel 1: y),
+# the convention of ``F.grid_sample`` with ``align_corners=False``: a pixel is 2 / W wide, and the warped image
+# at p is the input at p + u(p) (backward warping).
+
+
+def identity_grid(shape: tuple[int, ...], device=None, dtype=None) -> torch.Tensor:
+    """The sampling grid (B, H, W, 2) of the identity transform for images of ``shape`` (B, C, H, W)."""
+    b, _, h, w = shape
+    theta = torch.eye(2, 3, device=device, dtype=dtype).unsqueeze(0).expand(b, 2, 3)
+    return F.affine_grid(theta, [b, 1, h, w], align_corners=False)
+
+
+def warp(x: torch.Tensor, displacement: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
+    """``x`` (B, C, H, W) sampled at p + u(p); outside the image the border value is repeated."""
+    grid = identity_grid(x.shape, x.device, x.dtype) + displacement.permute(0, 2, 3, 1)
+    return F.grid_sample(x, grid, mode=mode, padding_mode="border", align_corners=False)
+
+
+def warp_labels(labels: torch.Tensor, displacement: torch.Tensor,
+                num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Warp an integer label map (B, H, W): the one-hot maps are warped bilinearly, then arg-maxed.
+
+    Returns ``(soft, hard)``: the warped one-hot probabilities (B, classes, H, W), which sum to 1 at every pixel,
+    and their arg-max (B, H, W) int64, a valid label map. Warping the one-hot maps rather than the integers keeps
+    thin structures better than nearest-neighbour sampling and never invents a label between two others.
+    """
+    onehot = F.one_hot(labels, num_classes).permute(0, 3, 1, 2).to(displacement.dtype)
+    soft = warp(onehot, displacement)
+    return soft, soft.argmax(1)
+
+
+def integrate_velocity(velocity: torch.Tensor, steps: int = 5) -> torch.Tensor:
+    """Displacement of the flow of a stationary velocity field by scaling and squaring (Arsigny et al. 2006).
+
+    As in diffeomorphic VoxelMorph (Dalca et al., MICCAI 2018): u = v / 2**steps, then ``steps`` times
+    u <- u + u o (id + u). Each component of the result is bounded by the largest value of that component of
+    ``v`` (bilinear interpolation is a convex combination), and the transform stays invertible for smooth ``v``.
+    """
+    u = velocity / (2 ** steps)
+    for _ in range(steps):
+        u = u + warp(u, u)
+    return u
+
+
+def smoothness(field: torch.Tensor) -> torch.Tensor:
+    """Mean squared finite difference of a (B, C, H, W) field along both axes (a diffusion regulariser)."""
+    dy = field[:, :, 1:, :] - field[:, :, :-1, :]
+    dx = field[:, :, :, 1:] - field[:, :, :, :-1]
+    return dy.pow(2).mean() + dx.pow(2).mean()

@@ -1,15 +1,20 @@
 """The on-disk slice cache: shared preprocessing, built once, read by memory-mapping.
 
 Preprocessing, identical for every method: the adapter returns each volume in the canonical orientation; the
-volume is moved so the slicing axis is first; intensities are clipped per volume at a low and a high percentile;
-slices are resized to ``size x size`` (area interpolation for images, label maps resized as one-hot channels then
-arg-maxed, which keeps thin structures better than nearest-neighbour); and each modality is normalised to zero
-mean, unit variance with statistics from its *training* volumes only. The in-plane spacing stored in the index is
-the spacing on the resized grid, which is the grid evaluation runs on.
+volume is optionally cropped to a box found from the image alone (:mod:`benchmark.preprocess`); the volume is
+moved so the slicing axis is first; intensities are clipped per volume at a low and a high percentile; slices are
+resized to ``size x size`` (area interpolation for images, label maps resized as one-hot channels then arg-maxed,
+which keeps thin structures better than nearest-neighbour); and intensities are normalised to zero mean, unit
+variance, by default per modality with statistics from its *training* volumes only, or per volume where the
+dataset's established protocol does so. The in-plane spacing stored in the index is the spacing on the resized
+grid, which is the grid evaluation runs on.
 
-A cache directory is named by a hash of the dataset, its version, its split, its root and the preprocessing
-settings. It is built in a temporary directory and renamed into place in one step, so an interrupted build
-leaves nothing a later run would trust.
+Each dataset adapter may choose its protocol's clipping, normalisation and crop (``DatasetAdapter.preprocessing``);
+:meth:`PreprocessSettings.resolve` fills the fields a caller left unset from that choice, then from the defaults.
+
+A cache directory is named by a hash of the dataset, its version, its split, its root and the resolved
+preprocessing settings. It is built in a temporary directory and renamed into place in one step, so an
+interrupted build leaves nothing a later run would trust.
 """
 
 from __future__ import annotations
@@ -39,16 +44,69 @@ def cache_root() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "fsuda-benchmark"
 
 
+#: What a setting left unset means when the dataset adapter does not choose it either.
+DEFAULTS: dict[str, Any] = {"clip_low": 0.5, "clip_high": 99.5, "normalise": "modality", "crop": "none",
+                            "crop_fov_mm": None}
+#: Settings added after the first caches were built key a cache only when they differ from their default, so
+#: every existing cache (and the published synthetic-heart results built on it) keeps its key.
+_LATER_FIELDS = ("normalise", "crop", "crop_fov_mm")
+NORMALISATIONS = ("modality", "volume", "none")
+CROPS = ("none", "body")
+
+
+def process_map(fn: Any, args: list[tuple[Any, ...]], workers: int) -> list[Any]:
+    """``[fn(*a) for a in args]``, in ``workers`` spawned processes when more than one (results in order)."""
+    if workers <= 1 or len(args) <= 1:
+        return [fn(*a) for a in args]
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        return list(pool.map(fn, *zip(*args)))
+
+
 @dataclass(frozen=True)
 class PreprocessSettings:
-    """The preprocessing that defines a cache."""
+    """The preprocessing that defines a cache; ``None`` fields take the adapter's choice, then :data:`DEFAULTS`.
+
+    ``normalise``: "modality" (statistics of the modality's training volumes), "volume" (each volume by its own
+    statistics) or "none" (values as stored, e.g. a release that is already normalised). ``crop``: "none" or
+    "body" (see :func:`benchmark.preprocess.body_crop`), with ``crop_fov_mm`` a field of view in mm per canonical
+    axis (``None`` on an axis: the body's extent).
+    """
 
     size: int = 64
-    clip_low: float = 0.5
-    clip_high: float = 99.5
+    clip_low: float | None = None
+    clip_high: float | None = None
+    normalise: str | None = None
+    crop: str | None = None
+    crop_fov_mm: tuple[float | None, ...] | None = None
+
+    def resolve(self, adapter=None) -> PreprocessSettings:
+        """A copy with every unset field filled from ``adapter.preprocessing``, then :data:`DEFAULTS`; checked."""
+        from .errors import UsageError
+
+        chosen = dict(getattr(adapter, "preprocessing", None) or {})
+        values = {name: (getattr(self, name) if getattr(self, name) is not None else chosen.get(name, default))
+                  for name, default in DEFAULTS.items()}
+        if values["crop_fov_mm"] is not None:
+            values["crop_fov_mm"] = tuple(None if v is None else float(v) for v in values["crop_fov_mm"])
+        values["clip_low"], values["clip_high"] = float(values["clip_low"]), float(values["clip_high"])
+        if not 0 <= values["clip_low"] < values["clip_high"] <= 100:
+            raise UsageError(f"Clipping percentiles {values['clip_low']}, {values['clip_high']} are impossible: "
+                             f"need 0 <= low < high <= 100.")
+        if values["normalise"] not in NORMALISATIONS:
+            raise UsageError(f"Unknown normalisation {values['normalise']!r}; choose {', '.join(NORMALISATIONS)}.")
+        if values["crop"] not in CROPS:
+            raise UsageError(f"Unknown crop {values['crop']!r}; choose {', '.join(CROPS)}.")
+        return PreprocessSettings(size=self.size, **values)
 
     def key(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self.resolve())  # idempotent: a resolved copy resolves to itself
+        for name in _LATER_FIELDS:
+            if data[name] == DEFAULTS[name]:
+                del data[name]
+        if data.get("crop_fov_mm") is not None:
+            data["crop_fov_mm"] = list(data["crop_fov_mm"])
+        return data
 
 
 def _resize_slices(volume: np.ndarray, size: int, *, labels: int | None = None) -> np.ndarray:
@@ -76,18 +134,32 @@ def _preprocess_one(dataset: str, root: str | None, modality: str, case_id: str,
     adapter = registry.DATASETS.get(dataset)(root)
     case = adapter.load_case(modality, case_id)
     axis = adapter.slice_axis
-    image = np.moveaxis(case.image.astype(np.float32), axis, 0)
+    image, label, extra = case.image, case.label, {}
+    if settings.crop == "body":
+        from .preprocess import body_crop
+
+        box = body_crop(image, case.spacing, settings.crop_fov_mm)
+        image = image[box]
+        if label is not None:
+            kept = label[box]
+            extra["label_voxels_outside_crop"] = int(np.count_nonzero(label) - np.count_nonzero(kept))
+            label = kept
+        extra["crop"] = [[b.start, b.stop] for b in box]
+    image = np.moveaxis(image.astype(np.float32, copy=False), axis, 0)
     lo, hi = np.percentile(image, [settings.clip_low, settings.clip_high])
     image = np.clip(image, lo, hi)
     in_plane = [case.spacing[i] for i in range(3) if i != axis]
     _, h, w = image.shape
     spacing = (float(case.spacing[axis]), in_plane[0] * h / settings.size, in_plane[1] * w / settings.size)
-    label = None
-    if case.label is not None:
+    if label is not None:
         n_labels = max(adapter.classes.values()) + 1
-        label = _resize_slices(np.moveaxis(case.label, axis, 0), settings.size, labels=n_labels)
-    return {"image": _resize_slices(image, settings.size), "label": label, "spacing": spacing,
-            "raw_shape": list(case.image.shape)}
+        label = _resize_slices(np.moveaxis(label, axis, 0), settings.size, labels=n_labels)
+    image = _resize_slices(image, settings.size)
+    if settings.normalise == "volume":
+        from .preprocess import normalise_volume
+
+        image = normalise_volume(image)
+    return {"image": image, "label": label, "spacing": spacing, "raw_shape": list(case.image.shape), **extra}
 
 
 class SliceCache:
@@ -136,7 +208,7 @@ def cache_key(adapter, settings: PreprocessSettings) -> str:
                        "root": str(adapter.root.resolve()) if adapter.root else None,
                        "classes": adapter.classes, "slice_axis": adapter.slice_axis,
                        "fingerprint": adapter.fingerprint(),
-                       "settings": settings.key()}, sort_keys=True)
+                       "settings": settings.resolve(adapter).key()}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -147,6 +219,7 @@ def cache_path(adapter, settings: PreprocessSettings, root: Path | None = None) 
 def prepare(adapter, settings: PreprocessSettings, *, root: Path | None = None, workers: int | None = None,
             log=print) -> SliceCache:
     """Build the slice cache for ``adapter`` once (returns the existing one when present)."""
+    settings = settings.resolve(adapter)
     final = cache_path(adapter, settings, root)
     if (final / INDEX).exists():
         return SliceCache(final)
@@ -156,12 +229,7 @@ def prepare(adapter, settings: PreprocessSettings, *, root: Path | None = None, 
     log(f"Preparing the {adapter.name} slice cache ({len(jobs)} volumes, {settings.size}x{settings.size} slices, "
         f"{workers} processes) in {final}")
     args = [(adapter.name, str(adapter.root) if adapter.root else None, m, c, settings) for m, c, _ in jobs]
-    if workers > 1:
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            results = list(pool.map(_preprocess_one, *zip(*args)))
-    else:
-        results = [_preprocess_one(*a) for a in args]
+    results = process_map(_preprocess_one, args, workers)
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:
@@ -172,8 +240,11 @@ def prepare(adapter, settings: PreprocessSettings, *, root: Path | None = None, 
             train = [r["image"] for _, s, r in entries if s == "train"]
             if not train:
                 raise DataError(f"{adapter.name}: modality {modality!r} has no training volumes in its split.")
-            flat = np.concatenate([t.ravel() for t in train]).astype(np.float64)
-            mean, std = float(flat.mean()), float(flat.std()) or 1.0
+            if settings.normalise == "modality":
+                flat = np.concatenate([t.ravel() for t in train]).astype(np.float64)
+                mean, std = float(flat.mean()), float(flat.std()) or 1.0
+            else:  # per volume (done in _preprocess_one) or not at all
+                mean, std = 0.0, 1.0
             index["stats"][modality] = {"mean": mean, "std": std}
             has_labels = all(r["label"] is not None for _, _, r in entries)
             index["has_labels"][modality] = has_labels
@@ -185,7 +256,11 @@ def prepare(adapter, settings: PreprocessSettings, *, root: Path | None = None, 
             for c, s, r in entries:
                 n = r["image"].shape[0]
                 cases[c] = {"start": start, "stop": start + n, "split": s, "spacing": r["spacing"],
-                            "raw_shape": r["raw_shape"]}
+                            "raw_shape": r["raw_shape"],
+                            **{k: r[k] for k in ("crop", "label_voxels_outside_crop") if k in r}}
+                if r.get("label_voxels_outside_crop"):
+                    log(f"Warning: the crop of {modality} case {c} leaves out {r['label_voxels_outside_crop']} "
+                        f"labelled voxels; they are not part of its evaluation.")
                 start += n
             index["cases"][modality] = cases
         (tmp / INDEX).write_text(json.dumps(index, indent=1, sort_keys=True))

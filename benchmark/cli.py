@@ -1,4 +1,4 @@
-"""``python -m benchmark``: run, ls, leaderboard, publish, prepare.
+"""``python -m benchmark``: run, ls, leaderboard, publish, prepare, validate, visualize.
 
 Usage errors (an unknown method, an impossible shot count, a bad option) exit with code 2 and a one-paragraph
 message; other errors a user can cause (a corrupt file, a failed trial) exit with code 1 and print no traceback.
@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="train and evaluate methods over shots, directions and seeds (Ray Tune)")
     r.add_argument("--methods", type=_csv, default=["source_only", "oracle"],
-                   help="comma-separated method names (default: source_only,oracle)")
+                   help="comma-separated method names (default: source_only,oracle); a method may set "
+                        "hyperparameters after colons, e.g. metahallu:meta=false, which is its own leaderboard row")
     r.add_argument("--shots", type=_csv, default=["1", "4"], help="labeled source volumes: e.g. 1,4 or all")
     r.add_argument("--directions", type=_csv, default=None, help="e.g. mr2ct,ct2mr (default: both ways)")
     r.add_argument("--seeds", type=_int_list, default=[0, 1, 2], help="e.g. 0,1,2 or 0-4 (default: 0,1,2)")
@@ -82,6 +83,25 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--root", "--data-root", dest="root", default=None)
     pr.add_argument("--preset", default="quick")
     pr.add_argument("--workers", type=int, default=None)
+
+    va = sub.add_parser("validate", help="check every file of a dataset before any training")
+    va.add_argument("dataset")
+    va.add_argument("--root", "--data-root", dest="root", default=None)
+    va.add_argument("--workers", type=int, default=None, help="processes reading volumes (default: all cores)")
+
+    vi = sub.add_parser("visualize", help="save a PNG grid of a finished trial's images, hallucinations or "
+                                          "translations, and target predictions")
+    vi.add_argument("method", nargs="?", default=None, help="e.g. metahallu (optional with --trial)")
+    vi.add_argument("--out", default=DEFAULT_OUT, help=f"the run's results directory (default: ./{DEFAULT_OUT})")
+    vi.add_argument("--trial", default=None, help="a trial id (its folder name under <out>/trials)")
+    vi.add_argument("--direction", default=None, help="e.g. mr2ct")
+    vi.add_argument("--shots", default=None, help="e.g. 4 or all")
+    vi.add_argument("--seed", type=int, default=None)
+    vi.add_argument("--dataset", default=None)
+    vi.add_argument("--preset", default=None)
+    vi.add_argument("--hparam-sample", type=int, default=None)
+    vi.add_argument("--rows", type=int, default=4, help="examples to draw (default: 4)")
+    vi.add_argument("--png", default=None, help="where to write (default: <out>/figures/...png)")
     return p
 
 
@@ -102,7 +122,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     states = [store.status(s) for s in specs]
     n_ok, n_failed = states.count("ok"), states.count("failed")
     to_run = len(specs) - n_ok - (0 if args.retry_failed else n_failed)
-    dims = (f"{len(set(s.method for s in specs))} methods x {len(set(str(s.shots) for s in specs))} shot counts x "
+    n_methods = len({(s.method, s.variant) for s in specs})
+    dims = (f"{n_methods} methods x {len(set(str(s.shots) for s in specs))} shot counts x "
             f"{len(set(s.direction for s in specs))} directions x {len(args.seeds)} seeds"
             + (f" x {len(args.hparam_samples)} hyperparameter samples" if len(args.hparam_samples) > 1 else ""))
     print(f"Plan: {len(specs)} trials ({dims}) on {args.dataset}, preset {args.preset}.")
@@ -216,8 +237,38 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_validate(args: argparse.Namespace) -> int:
+    from . import get_dataset
+    from .validate import validate
+
+    adapter = get_dataset(args.dataset, args.root)
+    t0 = time.perf_counter()
+    report = validate(adapter, workers=args.workers)
+    if not report.ok:
+        for problem in report.problems:
+            print(problem)
+        print(f"error: {len(report.problems)} problem(s) in {args.dataset} at {adapter.root}; fix them and run "
+              f"validate again.", file=sys.stderr)
+        return 1
+    print(report.table())
+    for note in report.notes:
+        print(f"note: {note}")
+    print(f"{args.dataset}: all {len(report.cases)} volumes passed ({time.perf_counter() - t0:.1f} s).")
+    return 0
+
+
+def cmd_visualize(args: argparse.Namespace) -> int:
+    from .visualize import visualize
+
+    fig = visualize(args.out, args.method, trial_id=args.trial, png=args.png, rows=args.rows,
+                    dataset=args.dataset, direction=args.direction, shots=args.shots, seed=args.seed,
+                    preset=args.preset, hparam_sample=args.hparam_sample)
+    print(f"Saved {fig.path} ({fig.rows} rows: {', '.join(fig.columns)})")
+    return 0
+
+
 COMMANDS = {"run": cmd_run, "ls": cmd_ls, "leaderboard": cmd_leaderboard, "publish": cmd_publish,
-            "prepare": cmd_prepare}
+            "prepare": cmd_prepare, "validate": cmd_validate, "visualize": cmd_visualize}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -47,6 +47,9 @@ class DatasetAdapter:
     homepage: ClassVar[str] = ""
     layout: ClassVar[str] = ""
     needs_root: ClassVar[bool] = True
+    #: Preprocessing choices of this dataset's protocol that differ from the shared defaults, by
+    #: :class:`~benchmark.cache.PreprocessSettings` field (e.g. ``{"normalise": "volume"}``); they key the cache.
+    preprocessing: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, root: str | Path | None = None):
         if root is None and self.needs_root:
@@ -101,6 +104,7 @@ class DatasetAdapter:
             "name": self.name, "version": self.version, "modalities": list(self.modalities),
             "classes": dict(self.classes), "slice_axis": self.slice_axis, "citation": self.citation,
             "licence": self.licence, "homepage": self.homepage, "layout": self.layout,
+            "preprocessing": dict(self.preprocessing),
         }
 
     def fingerprint(self) -> str:
@@ -109,27 +113,126 @@ class DatasetAdapter:
 
     # -- data ---------------------------------------------------------------------------------------------
     def load_case(self, modality: str, case_id: str) -> Case:
-        """Load one case (image, label or None, spacing), labels mapped to :attr:`classes`."""
-        raise NotImplementedError
+        """Load one case (image, label or None, spacing), labels mapped to :attr:`classes`.
+
+        Adapters of downloaded data implement :meth:`read_case` instead; this then raises one
+        :class:`DataError` listing every problem found.
+        """
+        if type(self).read_case is DatasetAdapter.read_case:
+            raise NotImplementedError(f"{type(self).__name__} implements neither load_case nor read_case.")
+        problems: list[str] = []
+        case = self.read_case(modality, case_id, problems)
+        if case is None and not problems:
+            problems.append(f"{self.name} {modality} case {case_id} could not be read.")
+        if problems or case is None:
+            raise DataError(problems[0] if len(problems) == 1 else
+                            f"{self.name} {modality} case {case_id} has {len(problems)} problems: "
+                            + " ".join(problems))
+        return case
+
+    def read_case(self, modality: str, case_id: str, problems: list[str]) -> Case | None:
+        """Load one case, appending every problem found to ``problems`` rather than stopping at the first.
+
+        ``validate`` calls this. The default wraps :meth:`load_case` (one problem at most).
+        """
+        try:
+            return self.load_case(modality, case_id)
+        except DataError as exc:
+            problems.append(str(exc))
+            return None
+
+    def check_files(self) -> list[str]:
+        """Dataset-level problems found without reading volumes (a missing dataset folder, subjects on disk that
+        the split does not list, unreadable listing files); one sentence per problem, naming the path. A split
+        subject without files is reported by :meth:`read_case`, which names the missing file."""
+        return []
+
+    def cases_to_check(self, modality: str, split: str) -> list[str]:
+        """The cases ``validate`` reads: those of the split, listed even where the adapter refuses to train on the
+        data as found (so one fault never hides the others)."""
+        return self.cases(modality, split)
+
+    def notes(self) -> list[str]:
+        """Facts about the data as found that ``validate`` prints with its summary (e.g. slices it set aside)."""
+        return []
 
     def check_case(self, case: Case, source: str) -> Case:
         """Validate a loaded case; errors name ``source`` (the file) and the fault."""
+        problems = self.case_problems(case, source)
+        if problems:
+            raise DataError(" ".join(problems))
+        return case
+
+    def case_problems(self, case: Case, source: str) -> list[str]:
+        """Every fault of a loaded case (shape, non-finite voxels, spacing, label shape and values)."""
         if case.image.ndim != 3:
-            raise DataError(f"{source}: expected a 3D image, got shape {case.image.shape}.")
+            return [f"{source}: expected a 3D image, got shape {case.image.shape}."]
+        problems = []
         if not np.all(np.isfinite(case.image)):
-            raise DataError(f"{source}: the image has non-finite voxels (NaN or inf).")
+            n = int(np.size(case.image) - np.count_nonzero(np.isfinite(case.image)))
+            problems.append(f"{source}: the image has {n} non-finite voxels (NaN or inf).")
         if len(case.spacing) != 3 or not all(s > 0 and np.isfinite(s) for s in case.spacing):
-            raise DataError(f"{source}: invalid voxel spacing {case.spacing}.")
+            problems.append(f"{source}: invalid voxel spacing {case.spacing}.")
         if case.label is not None:
             if case.label.shape != case.image.shape:
-                raise DataError(
+                problems.append(
                     f"{source}: image shape {case.image.shape} and label shape {case.label.shape} differ."
                 )
-            allowed = {0, *self.classes.values()}
-            found = set(np.unique(case.label).tolist())
-            if not found <= allowed:
-                raise DataError(
-                    f"{source}: label values {sorted(found - allowed)} are not classes of {self.name!r} "
-                    f"(allowed: {sorted(allowed)})."
-                )
-        return case
+            else:
+                allowed = {0, *self.classes.values()}
+                lab = case.label
+                if lab.dtype == np.uint8:  # the usual case; far faster than np.unique on large volumes
+                    seen = np.zeros(256, dtype=bool)
+                    seen[lab.ravel(order="K")] = True
+                    found = set(np.flatnonzero(seen).tolist())
+                else:
+                    found = set(np.unique(lab).tolist())
+                if not found <= allowed:
+                    problems.append(
+                        f"{source}: label values {sorted(found - allowed)} are not classes of {self.name!r} "
+                        f"(allowed: {sorted(allowed)})."
+                    )
+        return problems
+
+
+class FileDatasetAdapter(DatasetAdapter):
+    """Base of the adapters that read files a user downloaded (the real datasets).
+
+    Their cache key includes the code that reads and preprocesses the files (the adapter's own source file, the
+    format readers and the shared preprocessing), so editing a reader never reuses slices the old code made.
+    """
+
+    def fingerprint(self) -> str:
+        from . import formats
+        from .preprocess import code_fingerprint
+
+        return code_fingerprint(inspect.getfile(type(self)), formats.__file__)
+
+    def missing_root(self) -> list[str]:
+        """The problem of a dataset folder that does not exist (empty when it does)."""
+        if self.root.is_dir():
+            return []
+        return [f"{self.root}: the dataset folder does not exist (expected layout: {self.layout})."]
+
+    def unlisted(self, path: Path | str, modality: str, case_id: str, what: str = "subject") -> str:
+        """The problem of files on disk for a subject the split file does not list."""
+        return f"{path}: {what} {modality} {case_id} is not in the split file {self.split_path()}."
+
+    def listed(self, modality: str) -> list[str]:
+        """Every case the split file names for ``modality`` (training and test)."""
+        return self.split[modality]["train"] + self.split[modality]["test"]
+
+    def not_listed(self, modality: str, case_id: str, problems: list[str]) -> bool:
+        """Record (and return True) when ``case_id`` is not a case of the split file."""
+        if case_id in self.listed(modality):
+            return False
+        problems.append(f"{self.name} has no {modality} case {case_id!r} in its split file {self.split_path()}.")
+        return True
+
+    def checked_case(self, modality: str, case_id: str, image: np.ndarray, label: np.ndarray | None,
+                     spacing: tuple[float, ...], source: str, problems: list[str]) -> Case | None:
+        """Assemble a :class:`Case` and append its faults (see :meth:`case_problems`); None when it has any."""
+        case = Case(case_id=case_id, modality=modality, image=image, label=label, spacing=spacing)
+        found = self.case_problems(case, source)
+        problems.extend(found)
+        return None if found else case

@@ -59,10 +59,31 @@ def resolve(declared: Mapping[str, HParam], sample: int = 0, overrides: Mapping[
             raise UsageError(
                 f"{owner} has no hyperparameter {name!r}; its hyperparameters are: {', '.join(sorted(declared))}."
             )
-        default = declared[name].default
-        if isinstance(default, bool) and isinstance(value, str):
-            value = value.lower() in ("1", "true", "yes", "on")
-        elif isinstance(default, (int, float)) and not isinstance(default, bool) and isinstance(value, str):
-            value = type(default)(float(value)) if isinstance(default, int) else float(value)
-        values[name] = value
+        values[name] = _coerce(value, declared[name].default, name, owner)
     return values
+
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def _coerce(value: Any, default: Any, name: str, owner: str) -> Any:
+    """A command-line value (a string) as the type of the hyperparameter's default; other values unchanged."""
+    if not isinstance(value, str) or isinstance(default, str) or default is None:
+        return value
+    text = value.strip().lower()
+    try:
+        if isinstance(default, bool):
+            if text not in _TRUE + _FALSE:
+                raise ValueError
+            return text in _TRUE
+        if isinstance(default, int):
+            number = float(text)
+            if not number.is_integer():
+                raise ValueError
+            return int(number)
+        if isinstance(default, float):
+            return float(text)
+    except ValueError:
+        kind = "true or false" if isinstance(default, bool) else type(default).__name__
+        raise UsageError(f"{owner}: hyperparameter {name!r} must be {kind}, not {value!r}.") from None
+    return value

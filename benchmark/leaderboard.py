@@ -283,8 +283,10 @@ def shots_sort_key(value: Any) -> tuple:
 
 
 def method_label(config: dict) -> str:
-    """Method name as shown on the leaderboard (``<method>@hp<k>`` for k != 0)."""
+    """Method name as shown on the leaderboard (``<method>[:<variant>]`` and ``@hp<k>`` for k != 0)."""
     method = _text(config.get("method"))
+    if config.get("variant"):
+        method = f"{method}:{config['variant']}"
     sample = config.get("hparam_sample", 0)
     if _is_missing(sample):
         sample = 0

@@ -10,6 +10,9 @@ holds only what is specific to the method. A method
   ``target``, ``target_labeled``; see :data:`benchmark.data.STREAMS`) so the loader builds only those;
 * declares its hyperparameters beside its code in ``HPARAMS`` (merged along the class hierarchy);
 * creates its optimizers in ``__init__`` and lists them in ``self.optimizers`` (the trainer schedules them);
+* may run in stages: ``self.total_steps`` (default: the preset's steps, ``ctx.total_steps``) is how many steps
+  the trainer runs, and ``self.optimizer_spans`` gives each optimizer the (start, end) steps over which its
+  learning-rate schedule (warm-up, then decay) runs; outside its span an optimizer's rate is zero;
 * exposes its segmenter's features through :meth:`features` so plug-ins can attach to it.
 """
 
@@ -59,6 +62,10 @@ class Method(nn.Module):
         self.ctx = ctx
         self.hparams = dict(hparams)
         self.optimizers: list[torch.optim.Optimizer] = []
+        #: Steps the trainer runs for this method; a multi-stage method may add steps of its own.
+        self.total_steps: int = ctx.total_steps
+        #: One (start, end) step span per optimizer for its schedule; ``None``: every optimizer over all steps.
+        self.optimizer_spans: list[tuple[int, int]] | None = None
 
     @classmethod
     def declared_hparams(cls) -> dict[str, HParam]:

@@ -69,8 +69,32 @@ class Segmenter(nn.Module):
                 raise FileNotFoundError(f"Backbone weights file {path} does not exist.")
             state = torch.load(path, map_location="cpu", weights_only=True)
             self.unet.encoder.load_state_dict(state, strict=False)
+        self._drop_unreached_encoder_stages(in_channels)
         self.feature_channels = spec.decoder_channels[-1]
         self.num_classes = num_classes
+
+    def _drop_unreached_encoder_stages(self, in_channels: int) -> None:
+        """Replace the encoder modules a forward pass never reaches by ``nn.Identity``.
+
+        A shallower smp encoder keeps every stage of its network (resnet18 at depth 4 still holds ``layer4``,
+        8.4M of its 11.5M weights) though it never runs them. Dropping them after construction changes no
+        initial weight and no output, and keeps them out of optimizers, checkpoints and saved models.
+        """
+        encoder, reached = self.unet.encoder, set()
+        hooks = [child.register_forward_hook(lambda *_, name=name: reached.add(name))
+                 for name, child in encoder.named_children()]
+        was_training = encoder.training
+        encoder.eval()  # no running-statistics update from the probe
+        try:
+            with torch.no_grad():
+                encoder(torch.zeros(1, in_channels, 64, 64))
+        finally:
+            encoder.train(was_training)
+            for hook in hooks:
+                hook.remove()
+        for name, child in list(encoder.named_children()):
+            if name not in reached and any(True for _ in child.parameters()):
+                setattr(encoder, name, nn.Identity())
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         return self.unet.encoder(x)

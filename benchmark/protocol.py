@@ -100,9 +100,14 @@ class TrialSpec:
     method_version: str = "1"
     preset_settings: dict[str, Any] = field(default_factory=dict)
     data_root: str | None = None
+    #: Hyperparameters set on the command line for this row, e.g. ``meta=false`` (empty: the defaults or sample).
+    variant: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if not d["variant"]:
+            del d["variant"]  # so that trials without a variant keep the hashes they always had
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrialSpec":
@@ -118,7 +123,37 @@ class TrialSpec:
     def label(self) -> str:
         """A short human-readable name: ``synthetic-heart/mr2ct/source_only/4shot/seed0``."""
         hp = f"/hp{self.hparam_sample}" if self.hparam_sample else ""
-        return f"{self.dataset}/{self.direction}/{self.method}/{self.shots}shot/seed{self.seed}{hp}"
+        method = f"{self.method}:{self.variant}" if self.variant else self.method
+        return f"{self.dataset}/{self.direction}/{method}/{self.shots}shot/seed{self.seed}{hp}"
+
+
+def parse_method_variant(text: str) -> tuple[str, dict[str, str]]:
+    """``"metahallu:meta=false:consistency=0"`` -> ``("metahallu", {"meta": "false", "consistency": "0"})``.
+
+    A method entry of ``--methods`` may set hyperparameters after colons; such a variant is its own leaderboard row
+    (an ablation, say). Values stay strings here; :func:`benchmark.hparams.resolve` converts and checks them.
+    """
+    name, *settings = text.strip().split(":")
+    overrides: dict[str, str] = {}
+    for item in settings:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise UsageError(f"Method entry {text!r}: {item!r} is not of the form name=value (e.g. "
+                             f"metahallu:meta=false).")
+        if key.strip() in overrides:
+            raise UsageError(f"Method entry {text!r} sets {key.strip()!r} twice.")
+        overrides[key.strip()] = value.strip()
+    if not name.strip():
+        raise UsageError(f"Method entry {text!r} names no method.")
+    return name.strip(), overrides
+
+
+def format_variant(overrides: dict[str, Any]) -> str:
+    """The canonical text of a variant's settings: sorted, JSON-like values (``meta=false:spatial=false``)."""
+    def text(v: Any) -> str:
+        return json.dumps(v) if isinstance(v, (bool, int, float)) or v is None else str(v)
+
+    return ":".join(f"{k}={text(v)}" for k, v in sorted(overrides.items()))
 
 
 def derive_seed(*parts: Any) -> int:

@@ -29,7 +29,8 @@ from . import registry
 from .errors import UsageError
 from .hparams import resolve
 from .presets import get_preset
-from .protocol import SELECTION_POLICIES, TrialSpec, parse_direction, parse_shots
+from .protocol import (SELECTION_POLICIES, TrialSpec, format_variant, parse_direction, parse_method_variant,
+                       parse_shots)
 from .registry import REPO_ROOT
 from .store import ResultsStore
 
@@ -49,14 +50,20 @@ def build_grid(*, dataset: str, methods: Sequence[str], shots: Sequence[int | st
     if directions is None:
         directions = [f"{a}2{b}" for a, b in itertools.permutations(modalities, 2)]
     settings = get_preset(preset, **(preset_overrides or {}))
-    method_names = [registry.METHODS.canonical(m) for m in methods]
+    entries: dict[tuple[str, str], dict[str, Any]] = {}  # (canonical method, variant) -> its settings, in order
+    for entry in methods:
+        name, given = parse_method_variant(entry)
+        name = registry.METHODS.canonical(name)
+        values = resolve(registry.METHODS.get(name).declared_hparams(), 0, given, owner=f"Method {name!r}")
+        overrides = {k: values[k] for k in given}
+        entries.setdefault((name, format_variant(overrides)), overrides)
     shots = [parse_shots(s) for s in shots]
     if not seeds:
         raise UsageError("No seeds given: pass at least one, e.g. --seeds 0,1,2.")
     specs = []
     for direction in directions:
         source, target = parse_direction(direction, modalities)
-        for method in method_names:
+        for (method, variant), overrides in entries.items():
             cls = registry.METHODS.get(method)
             labeled_modality = target if "target_labeled" in cls.streams else source
             n_train = len(adapter.cases(labeled_modality, "train"))
@@ -67,12 +74,14 @@ def build_grid(*, dataset: str, methods: Sequence[str], shots: Sequence[int | st
                         f"training split has only {n_train} volumes (use at most {n_train}, or 'all')."
                     )
                 for seed, sample in itertools.product(seeds, hparam_samples):
-                    hparams = resolve(cls.declared_hparams(), sample, hparam_overrides, owner=f"Method {method!r}")
+                    hparams = resolve(cls.declared_hparams(), sample, {**(hparam_overrides or {}), **overrides},
+                                      owner=f"Method {method!r}")
                     specs.append(TrialSpec(
                         dataset=dataset, direction=direction, method=method, shots=k, seed=int(seed),
                         preset=preset, hparam_sample=int(sample), hparams=hparams, selection=SELECTION_POLICIES[0],
                         dataset_version=adapter_cls.version, method_version=cls.version,
-                        preset_settings=settings, data_root=str(Path(data_root).resolve()) if data_root else None))
+                        preset_settings=settings, data_root=str(Path(data_root).resolve()) if data_root else None,
+                        variant=variant))
     return specs
 
 
@@ -210,6 +219,10 @@ def run_grid(specs: list[TrialSpec], out: Path, *, cpus_per_trial: float = 1, gp
         return RunSummary(len(specs), len(specs), 0, 0, 0)
 
     _prepare_caches(todo, log)
+    # Ctrl-C must stop the run, not end it: Tune's own handler would stop every trial gracefully and report the
+    # unfinished ones as errors, which this function would then record as failed. Without it the interrupt
+    # reaches the caller, Ray shuts down, finished trials stay recorded and unfinished ones resume next time.
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     param_space = {"spec": [s.to_dict() for s in todo], "store": str(store.root.resolve()), "cpus": cpus_per_trial}
     with ray_session(out, address=address, num_cpus=num_cpus, num_gpus=num_gpus):
         grid = make_tuner(_tune_trainable, param_space, out, cpus_per_trial, gpus_per_trial).fit()

@@ -4,6 +4,8 @@
 
 * ``config.json``: the configuration, written when the trial starts;
 * ``checkpoint.pt``: the latest training checkpoint while it runs (removed when it finishes);
+* ``model.pt``: the final weights, written when training ends and kept (``python -m benchmark visualize`` reads
+  them);
 * ``result.json``: the record (status ``ok`` or ``failed``, error, per-volume metrics, summary, timing, software
   versions, commit);
 * ``DONE``: the completion marker, written last and atomically. A directory without it is an unfinished trial,

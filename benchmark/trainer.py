@@ -29,6 +29,8 @@ from .models import build_segmenter
 from .protocol import TrialSpec, derive_seed, parse_direction, select_labeled
 
 CHECKPOINT = "checkpoint.pt"
+#: The final weights of a trial (``{"method": state_dict, "step": steps}``), kept after it finishes for inspection.
+FINAL_WEIGHTS = "model.pt"
 Reporter = Callable[[dict[str, Any]], None]
 
 
@@ -57,10 +59,16 @@ def build_streams(adapter, spec: TrialSpec, wanted: tuple[str, ...]) -> dict[str
     return streams
 
 
-def lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
-    """Linear warm-up, then polynomial decay with power 0.9 (the DeepLab schedule common in this field)."""
+def lr_lambda(warmup: int, total: int, start: int = 0) -> Callable[[int], float]:
+    """Linear warm-up, then polynomial decay with power 0.9 (the DeepLab schedule common in this field).
+
+    The schedule runs over steps ``start`` to ``start + total``; the factor is zero outside that span.
+    """
 
     def f(step: int) -> float:
+        step -= start
+        if step < 0 or step >= total:
+            return 0.0
         if step < warmup:
             return (step + 1) / warmup
         return max(0.0, 1.0 - (step - warmup) / max(1, total - warmup)) ** 0.9
@@ -107,6 +115,18 @@ def summarise(volumes: list[dict[str, Any]], structures: list[str]) -> dict[str,
     return summary
 
 
+def method_context(spec: TrialSpec, adapter, cache: SliceCache, device: torch.device) -> MethodContext:
+    """The context a trial's method is built with (also used to rebuild a finished trial's method)."""
+    settings = spec.preset_settings
+    num_classes = max(adapter.classes.values()) + 1
+    return MethodContext(in_channels=1, num_classes=num_classes, device=device, total_steps=int(settings["steps"]),
+                         class_names=tuple(adapter.classes),
+                         backbone=lambda classes=num_classes: build_segmenter(settings["backbone"], 1, classes),
+                         artifacts=cache.path / "artifacts",
+                         run_key={"dataset": spec.dataset, "dataset_version": spec.dataset_version,
+                                  "direction": spec.direction, "seed": spec.seed, "preset": settings})
+
+
 def run_trial(spec: TrialSpec, trial_dir: Path, *, device: torch.device | str = "cpu",
               report: Reporter | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train and evaluate one trial; returns the result fields of its record (summary, volumes, timing)."""
@@ -121,18 +141,16 @@ def run_trial(spec: TrialSpec, trial_dir: Path, *, device: torch.device | str = 
     sampler = BatchSampler(cache, build_streams(adapter, spec, method_cls.streams), settings["batch_size"],
                            spec.seed, settings.get("augment", "standard"))
 
-    num_classes = max(adapter.classes.values()) + 1
-    total = int(settings["steps"])
-    ctx = MethodContext(in_channels=1, num_classes=num_classes, device=device, total_steps=total,
-                        class_names=tuple(adapter.classes),
-                        backbone=lambda classes=num_classes: build_segmenter(settings["backbone"], 1, classes),
-                        artifacts=cache.path / "artifacts",
-                        run_key={"dataset": spec.dataset, "dataset_version": spec.dataset_version,
-                                 "direction": spec.direction, "seed": spec.seed, "preset": settings})
+    ctx = method_context(spec, adapter, cache, device)
     torch.manual_seed(derive_seed("init", spec.seed))
     method = method_cls(ctx, spec.hparams).to(device)
-    schedulers = [torch.optim.lr_scheduler.LambdaLR(o, lr_lambda(settings["warmup_steps"], total))
-                  for o in method.optimizers]
+    total = int(method.total_steps)
+    spans = method.optimizer_spans or [(0, total)] * len(method.optimizers)
+    if len(spans) != len(method.optimizers):
+        raise ValueError(f"Method {spec.method!r} gives {len(spans)} optimizer spans for "
+                         f"{len(method.optimizers)} optimizers.")
+    schedulers = [torch.optim.lr_scheduler.LambdaLR(o, lr_lambda(settings["warmup_steps"], end - begin, begin))
+                  for o, (begin, end) in zip(method.optimizers, spans)]
 
     ckpt_path = Path(trial_dir) / CHECKPOINT
     start, train_s = 0, 0.0
@@ -176,6 +194,7 @@ def run_trial(spec: TrialSpec, trial_dir: Path, *, device: torch.device | str = 
             if report is not None:
                 report({"step": done, **losses})
     train_s += time.perf_counter() - t_train
+    _atomic_torch_save({"method": method.state_dict(), "step": total}, Path(trial_dir) / FINAL_WEIGHTS)
 
     t_eval = time.perf_counter()
     volumes = evaluate(method, cache, adapter, target, device, settings["eval_batch_size"])

@@ -18,6 +18,19 @@ def test_generator_and_discriminators_shapes():
     assert OutputDiscriminator(5, width=8)(torch.randn(2, 5, 32, 32)).shape == (2, 1, 2, 2)
 
 
+def test_generator_input_skip_reaches_the_output_layer_at_full_resolution():
+    torch.manual_seed(0)
+    g = ResnetGenerator(1, 1, width=8, blocks=1, input_skip=True)
+    assert g.out[1].in_channels == 8 + 1
+    x = torch.zeros(1, 1, 32, 32, requires_grad=True)
+    g(x)[0, 0, 16, 16].backward()
+    # through the skip, the output pixel depends on its own 7x7 input neighbourhood at full resolution
+    assert x.grad[0, 0, 16, 16] != 0 and bool((x.grad[0, 0, 13:20, 13:20] != 0).all())
+    torch.manual_seed(0)
+    plain = ResnetGenerator(1, 1, width=8, blocks=1)
+    assert plain.out[1].in_channels == 8
+
+
 def test_gan_losses():
     ones, zeros = torch.ones(3, 1, 4, 4), torch.zeros(3, 1, 4, 4)
     assert gan_loss(ones, real=True) == 0 and gan_loss(ones, real=False) == 1

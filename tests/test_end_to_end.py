@@ -86,3 +86,35 @@ def test_tiny_ray_run_records_everything(tmp_path, plugin_dir, capsys):
     assert main(["publish", str(out), "--to", str(published)]) == 0
     assert (published / "synthetic-heart" / "mr2ct.csv").exists() and (published / "README.md").exists()
     json.loads((out / "trials" / records["oracle"]["trial_id"] / "result.json").read_text())
+
+
+def test_ctrl_c_stops_the_run_without_recording_failures(tmp_path):
+    """SIGINT (Ctrl-C) ends the command with 130; the interrupted trial is not recorded as failed and reruns."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    args = ["run", "--methods", "source_only", "--shots", "1,4", "--directions", "mr2ct", "--seeds", "0",
+            "--steps", "5000", "--out", str(out)]
+    proc = subprocess.Popen([sys.executable, "-m", "benchmark", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 240
+        while not list(out.glob("trials/*/config.json")) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert list(out.glob("trials/*/config.json")), "no trial started within 240 s"
+        time.sleep(3)
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, output
+    assert "Interrupted; finished trials are recorded and a new run resumes the others." in output
+    store = ResultsStore(out)
+    assert not list(out.glob("trials/*/DONE")) and list(store.records()) == []
+    plan = subprocess.run([sys.executable, "-m", "benchmark", *args, "--dry-run"], capture_output=True, text=True)
+    assert "0 already finished, 0 failed earlier" in plan.stdout and "2 to run" in plan.stdout, plan.stdout

@@ -78,3 +78,32 @@ def test_nan_loss_raises_diverged(tmp_path, monkeypatch):
     registry.discover()
     with pytest.raises(TrialDiverged, match=r"nan_for_trainer_test/1shot/seed0 diverged: loss loss=nan at step 1"):
         run_trial(make_spec("nan_for_trainer_test", steps=4), tmp_path, log=lambda s: None)
+
+
+def test_lr_lambda_spans_warm_up_decay_and_are_zero_outside():
+    from benchmark.trainer import lr_lambda
+
+    f = lr_lambda(warmup=2, total=6, start=4)
+    assert [f(s) for s in range(4)] == [0.0] * 4          # before the span
+    assert f(4) == 0.5 and f(5) == 1.0                    # warm-up: (k + 1) / warmup
+    assert f(6) == 1.0 and f(7) == pytest.approx(0.75 ** 0.9)  # decay over the remaining total - warmup steps
+    assert f(9) == pytest.approx(0.25 ** 0.9) and f(10) == 0.0 and f(50) == 0.0
+    assert lr_lambda(2, 6)(0) == 0.5                      # start defaults to 0
+
+
+def test_two_stage_method_runs_its_own_steps_and_schedules(tmp_path):
+    """cyclegan_uda adds translation steps before the preset's; each stage gets its own schedule."""
+    spec = make_spec("cyclegan_uda", steps=4)
+    spec.hparams["translate_ratio"] = 0.5
+    logs: list[str] = []
+    result = run_trial(spec, tmp_path, log=logs.append)
+    assert any("step 6/6" in line for line in logs)       # 2 translation + 4 segmentation steps
+    assert set(result["final_losses"]) == {"seg"}
+    cls = registry.METHODS.get("cyclegan_uda")
+    from benchmark.method import MethodContext
+    from benchmark.models import build_segmenter
+
+    ctx = MethodContext(in_channels=1, num_classes=5, device=torch.device("cpu"), total_steps=4,
+                        backbone=lambda classes=5: build_segmenter(spec.preset_settings["backbone"], 1, classes))
+    method = cls(ctx, spec.hparams)
+    assert method.total_steps == 6 and method.optimizer_spans == [(2, 6), (0, 2), (0, 2)]

@@ -1,0 +1,73 @@
+"""``python -m benchmark visualize``: a finished trial's final weights drawn as a PNG grid; clear usage errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmark.cli import main
+from benchmark.runner import build_grid, execute_trial
+from benchmark.store import ResultsStore
+from benchmark.trainer import CHECKPOINT, FINAL_WEIGHTS
+from benchmark.visualize import DPI, PANEL_INCHES
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, cache_dir):
+    """A results store with two finished 2-step trials (metahallu, source_only) of the quick preset."""
+    out = tmp_path_factory.mktemp("run")
+    store = ResultsStore(out)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FSUDA_CACHE", cache_dir)
+        specs = build_grid(dataset="synthetic-heart", methods=["metahallu", "source_only"], shots=[1],
+                           directions=["mr2ct"], seeds=[0], preset="quick", preset_overrides={"steps": 2})
+        for spec in specs:
+            record = execute_trial(spec, store, log=lambda s: None)
+            assert record["status"] == "ok", record.get("error")
+            trial = store.trial_dir(spec)
+            assert (trial / FINAL_WEIGHTS).exists() and not (trial / CHECKPOINT).exists()
+    return out
+
+
+def png_shape(path):
+    import matplotlib.image
+
+    return matplotlib.image.imread(path).shape[:2]
+
+
+@pytest.mark.parametrize("method, columns", [("metahallu", 5), ("source_only", 3)])
+def test_visualize_writes_the_grid(run_dir, method, columns, capsys):
+    png = run_dir / f"{method}.png"
+    code = main(["visualize", method, "--out", str(run_dir), "--direction", "mr2ct", "--shots", "1", "--seed", "0",
+                 "--rows", "2", "--png", str(png)])
+    assert code == 0, capsys.readouterr().err
+    assert png.exists()
+    assert png_shape(png) == (round(2 * PANEL_INCHES * DPI), round(columns * PANEL_INCHES * DPI))
+    out = capsys.readouterr().out
+    assert f"Saved {png} (2 rows:" in out
+    if method == "metahallu":
+        assert "hallucination + warped label" in out
+
+
+def test_visualize_by_trial_id_to_the_default_place(run_dir, capsys):
+    trial_id = next(r["trial_id"] for r in ResultsStore(run_dir).records() if r["config"]["method"] == "metahallu")
+    assert main(["visualize", "--trial", trial_id, "--out", str(run_dir), "--rows", "1"]) == 0
+    written = list((run_dir / "figures").glob(f"metahallu_mr2ct_1shot_seed0_{trial_id}.png"))
+    assert len(written) == 1 and png_shape(written[0]) == (round(PANEL_INCHES * DPI), round(5 * PANEL_INCHES * DPI))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["metahallu", "--seed", "7"], "No finished trial in"),
+    (["--trial", "0123456789abcdef"], "No finished trial '0123456789abcdef'"),
+    (["adaptseg"], "holds no finished adaptseg trial"),
+    (["nosuch"], "Unknown method 'nosuch'"),
+    ([], "Name a method"),
+])
+def test_visualize_usage_errors_exit_2(run_dir, args, message, capsys):
+    assert main(["visualize", *args, "--out", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_visualize_needs_a_run_directory(tmp_path, capsys):
+    assert main(["visualize", "metahallu", "--out", str(tmp_path)]) == 2
+    assert "is not a run directory" in capsys.readouterr().err
