@@ -14,6 +14,9 @@
 * :func:`warp`, :func:`warp_labels`, :func:`integrate_velocity`, :func:`smoothness`: spatial-transformer warping of
   images and label maps by a dense displacement field (Jaderberg et al., NeurIPS 2015), scaling-and-squaring
   integration of a velocity field (Dalca et al., MICCAI 2018) and a diffusion regulariser.
+* :class:`ContentEncoder`, :class:`StyleEncoder`, :class:`AdaINDecoder`, :func:`adain`: the disentangled
+  content/style translator of MUNIT (Huang et al., ECCV 2018), with adaptive instance normalisation (Huang and
+  Belongie, ICCV 2017) injecting a style code into the decoder.
 """
 
 from __future__ import annotations
@@ -258,3 +261,106 @@ def smoothness(field: torch.Tensor) -> torch.Tensor:
     dy = field[:, :, 1:, :] - field[:, :, :-1, :]
     dx = field[:, :, :, 1:] - field[:, :, :, :-1]
     return dy.pow(2).mean() + dx.pow(2).mean()
+
+
+# --- disentangled content/style translation (MUNIT; Huang, Liu, Belongie, Kautz, ECCV 2018) ---------------------
+
+
+def adain(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Adaptive instance normalisation: ``x`` (B, C, H, W) normalised per image and channel, then scaled by
+    ``1 + gamma`` and shifted by ``beta`` (B, C) (Huang and Belongie, ICCV 2017; the ``1 +`` starts at identity)."""
+    mean = x.mean((2, 3), keepdim=True)
+    std = (x.var((2, 3), keepdim=True, unbiased=False) + eps).sqrt()
+    return (x - mean) / std * (1 + gamma[:, :, None, None]) + beta[:, :, None, None]
+
+
+class ContentEncoder(nn.Module):
+    """Image -> content map (B, width * 2**downsample, H / 2**downsample, W / 2**downsample).
+
+    MUNIT's content encoder: a 7x7 convolution (``in_kernel``), ``downsample`` stride-2 4x4 convolutions and
+    ``blocks`` residual blocks, all with instance normalisation, which removes per-image style statistics from the
+    content.
+    """
+
+    def __init__(self, in_ch: int = 1, width: int = 16, downsample: int = 2, blocks: int = 2, in_kernel: int = 7):
+        super().__init__()
+        layers: list[nn.Module] = [nn.ReflectionPad2d(in_kernel // 2), nn.Conv2d(in_ch, width, in_kernel),
+                                   nn.InstanceNorm2d(width), nn.ReLU(inplace=True)]
+        ch = width
+        for _ in range(downsample):
+            layers += [nn.ReflectionPad2d(1), nn.Conv2d(ch, ch * 2, 4, stride=2), nn.InstanceNorm2d(ch * 2),
+                       nn.ReLU(inplace=True)]
+            ch *= 2
+        layers += [_ResBlock(ch) for _ in range(blocks)]
+        self.net = nn.Sequential(*layers)
+        self.out_channels = ch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class StyleEncoder(nn.Module):
+    """Image -> style code (B, style_dim): strided convolutions without normalisation, global average pooling.
+
+    MUNIT's style encoder (a 7x7 convolution, ``in_kernel``, then stride-2 4x4 ones; no instance normalisation,
+    which would remove the very statistics that make style).
+    """
+
+    def __init__(self, in_ch: int = 1, width: int = 16, style_dim: int = 8, downsample: int = 3, in_kernel: int = 7):
+        super().__init__()
+        layers: list[nn.Module] = [nn.ReflectionPad2d(in_kernel // 2), nn.Conv2d(in_ch, width, in_kernel),
+                                   nn.ReLU(inplace=True)]
+        ch = width
+        for i in range(downsample):
+            nxt = width * min(2 ** (i + 1), 4)
+            layers += [nn.ReflectionPad2d(1), nn.Conv2d(ch, nxt, 4, stride=2), nn.ReLU(inplace=True)]
+            ch = nxt
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Conv2d(ch, style_dim, 1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).flatten(1)
+
+
+class _AdaINResBlock(nn.Module):
+    def __init__(self, ch: int):
+        super().__init__()
+        self.conv1 = nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(ch, ch, 3))
+        self.conv2 = nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(ch, ch, 3))
+
+    def forward(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        g1, b1, g2, b2 = params.chunk(4, dim=1)
+        h = F.relu(adain(self.conv1(x), g1, b1))
+        return x + adain(self.conv2(h), g2, b2)
+
+
+class AdaINDecoder(nn.Module):
+    """(content map, style code) -> image: AdaIN residual blocks, then upsampling back to full resolution.
+
+    MUNIT's decoder: an MLP maps the style code to the scale and shift of every AdaIN layer of ``blocks``
+    residual blocks; then ``upsample`` times nearest-neighbour x2 upsampling and a 5x5 convolution (``up_kernel``)
+    with layer normalisation; a 7x7 output convolution (``out_kernel``; linear output: images here are z-scored,
+    not in [-1, 1]).
+    """
+
+    def __init__(self, in_ch: int, out_ch: int = 1, style_dim: int = 8, upsample: int = 2, blocks: int = 2,
+                 mlp_width: int = 64, up_kernel: int = 5, out_kernel: int = 7):
+        super().__init__()
+        self.blocks = nn.ModuleList(_AdaINResBlock(in_ch) for _ in range(blocks))
+        self.mlp = nn.Sequential(nn.Linear(style_dim, mlp_width), nn.ReLU(inplace=True),
+                                 nn.Linear(mlp_width, 4 * in_ch * blocks))
+        layers: list[nn.Module] = []
+        ch = in_ch
+        for _ in range(upsample):
+            layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.ReflectionPad2d(up_kernel // 2),
+                       nn.Conv2d(ch, ch // 2, up_kernel), nn.GroupNorm(1, ch // 2), nn.ReLU(inplace=True)]
+            ch //= 2
+        layers += [nn.ReflectionPad2d(out_kernel // 2), nn.Conv2d(ch, out_ch, out_kernel)]
+        self.up = nn.Sequential(*layers)
+
+    def forward(self, content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        params = self.mlp(style).chunk(len(self.blocks), dim=1)
+        x = content
+        for block, p in zip(self.blocks, params):
+            x = block(x, p)
+        return self.up(x)

@@ -52,7 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="train and evaluate methods over shots, directions and seeds (Ray Tune)")
     r.add_argument("--methods", type=_csv, default=["source_only", "oracle"],
                    help="comma-separated method names (default: source_only,oracle); a method may set "
-                        "hyperparameters after colons, e.g. metahallu:meta=false, which is its own leaderboard row")
+                        "hyperparameters after colons, e.g. metahallu:meta=false, which is its own leaderboard row, "
+                        "and compose plug-ins after '+', each with its own settings, e.g. "
+                        "metahallu+cdtg or source_only+cdtg:blend=0.5")
     r.add_argument("--shots", type=_csv, default=["1", "4"], help="labeled source volumes: e.g. 1,4 or all")
     r.add_argument("--directions", type=_csv, default=None, help="e.g. mr2ct,ct2mr (default: both ways)")
     r.add_argument("--seeds", type=_int_list, default=[0, 1, 2], help="e.g. 0,1,2 or 0-4 (default: 0,1,2)")
@@ -107,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .leaderboard import build_rows, format_table, write_leaderboards
+    from .protocol import composed_name
     from .runner import build_grid, run_grid, run_lock
     from .store import ResultsStore
 
@@ -122,7 +125,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     states = [store.status(s) for s in specs]
     n_ok, n_failed = states.count("ok"), states.count("failed")
     to_run = len(specs) - n_ok - (0 if args.retry_failed else n_failed)
-    n_methods = len({(s.method, s.variant) for s in specs})
+    n_methods = len({composed_name(s.method, s.variant, s.plugins) for s in specs})
     dims = (f"{n_methods} methods x {len(set(str(s.shots) for s in specs))} shot counts x "
             f"{len(set(s.direction for s in specs))} directions x {len(args.seeds)} seeds"
             + (f" x {len(args.hparam_samples)} hyperparameter samples" if len(args.hparam_samples) > 1 else ""))

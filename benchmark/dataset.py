@@ -47,6 +47,8 @@ class DatasetAdapter:
     homepage: ClassVar[str] = ""
     layout: ClassVar[str] = ""
     needs_root: ClassVar[bool] = True
+    #: Class descriptions for plug-ins that use language (JSON beside the adapter); "" means ``<adapter>.classes.json``.
+    descriptions_file: ClassVar[str] = ""
     #: Preprocessing choices of this dataset's protocol that differ from the shared defaults, by
     #: :class:`~benchmark.cache.PreprocessSettings` field (e.g. ``{"normalise": "volume"}``); they key the cache.
     preprocessing: ClassVar[dict[str, Any]] = {}
@@ -85,6 +87,43 @@ class DatasetAdapter:
                     f"volume may never be a training input."
                 )
         return {m: {s: [str(c) for c in data[m][s]] for s in SPLITS} for m in self.modalities}
+
+    @classmethod
+    def descriptions_path(cls) -> Path:
+        where = Path(inspect.getfile(cls)).resolve()
+        return where.parent / (cls.descriptions_file or f"{where.stem}.classes.json")
+
+    @classmethod
+    def class_descriptions(cls) -> dict[str, Any]:
+        """The versioned class descriptions: ``{"version", "classes": {name: [sentences]}, "order", "path"}``.
+
+        The file holds a few sentences per class in the field's words (``background`` included), for plug-ins
+        that use language (``cdtg``); it must describe exactly ``background`` and every class of :attr:`classes`.
+        ``order`` lists the class names by label value, background (0) first.
+        """
+        path = cls.descriptions_path()
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise DataError(f"Dataset {cls.name!r} has no class descriptions: {path} is missing. Write it (a "
+                            f"'version' and, under 'classes', a list of sentences for 'background' and for each of "
+                            f"{', '.join(cls.classes)}) to use plug-ins that read them.") from None
+        except json.JSONDecodeError as exc:
+            raise DataError(f"The class descriptions {path} of dataset {cls.name!r} are not valid JSON: "
+                            f"{exc}.") from None
+        classes = data.get("classes") if isinstance(data, dict) else None
+        if not isinstance(data, dict) or not isinstance(data.get("version"), str) or not isinstance(classes, dict):
+            raise DataError(f"The class descriptions {path} need a string 'version' and a 'classes' object.")
+        wanted = {"background", *cls.classes}
+        if set(classes) != wanted:
+            raise DataError(f"The class descriptions {path} describe {sorted(classes)}, but dataset {cls.name!r} "
+                            f"needs exactly {sorted(wanted)}.")
+        for name, texts in classes.items():
+            if not isinstance(texts, list) or not texts or not all(isinstance(t, str) and t.strip() for t in texts):
+                raise DataError(f"The class descriptions {path}: class {name!r} needs a non-empty list of sentences.")
+        order = ["background", *sorted(cls.classes, key=cls.classes.get)]  # by label value
+        return {"version": data["version"], "classes": {k: list(classes[k]) for k in order}, "order": order,
+                "path": str(path)}
 
     def cases(self, modality: str, split: str) -> list[str]:
         """The case IDs of ``modality`` in ``split`` ("train" or "test"), sorted."""

@@ -22,6 +22,10 @@ class UnknownNameError(UsageError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class PluginHostError(UsageError):
+    """A plug-in was composed with a method that cannot host it (no segmenter, no features)."""
+
+
 class DataError(BenchmarkError):
     """A dataset file is missing, unreadable or inconsistent."""
 

@@ -49,11 +49,15 @@ def choice(options: Sequence[Any]) -> Sampler:
 
 
 def resolve(declared: Mapping[str, HParam], sample: int = 0, overrides: Mapping[str, Any] | None = None,
-            *, owner: str = "method") -> dict[str, Any]:
-    """The concrete hyperparameters for ``sample``, with ``overrides`` applied (unknown names are an error)."""
+            *, owner: str = "method", namespace: str = "") -> dict[str, Any]:
+    """The concrete hyperparameters for ``sample``, with ``overrides`` applied (unknown names are an error).
+
+    ``namespace`` prefixes the names that seed the draws (a plug-in's ``"cdtg."``), so that a plug-in's ``lr``
+    is drawn independently of its host method's ``lr``.
+    """
     if sample < 0:
         raise UsageError(f"Hyperparameter sample {sample} is negative; samples are numbered 0, 1, 2, ...")
-    values = {name: hp.draw(sample, name) for name, hp in sorted(declared.items())}
+    values = {name: hp.draw(sample, namespace + name) for name, hp in sorted(declared.items())}
     for name, value in (overrides or {}).items():
         if name not in declared:
             raise UsageError(

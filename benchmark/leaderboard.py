@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from .io import atomic_write_bytes, atomic_write_text
+from .protocol import composed_name
 
 __all__ = [
     "METRICS",
@@ -283,10 +284,9 @@ def shots_sort_key(value: Any) -> tuple:
 
 
 def method_label(config: dict) -> str:
-    """Method name as shown on the leaderboard (``<method>[:<variant>]`` and ``@hp<k>`` for k != 0)."""
-    method = _text(config.get("method"))
-    if config.get("variant"):
-        method = f"{method}:{config['variant']}"
+    """Method name as shown on the leaderboard (``<method>[:<variant>][+<plug-in>[:<variant>]...]`` and
+    ``@hp<k>`` for k != 0), e.g. ``metahallu+cdtg``."""
+    method = composed_name(_text(config.get("method")), config.get("variant") or "", config.get("plugins") or ())
     sample = config.get("hparam_sample", 0)
     if _is_missing(sample):
         sample = 0
@@ -295,6 +295,15 @@ def method_label(config: dict) -> str:
     except (TypeError, ValueError):
         is_default = False
     return method if is_default else f"{method}@hp{sample}"
+
+
+def _method_version(config: dict) -> Any:
+    """The method's version, followed by each plug-in's (``2 cdtg-1``) for a composed method."""
+    version = config.get("method_version")
+    plugins = config.get("plugins") or ()
+    if not plugins:
+        return version
+    return " ".join([_text(version)] + [f"{p['name']}-{p.get('version', '')}" for p in plugins])
 
 
 def _method_sort_key(label: str) -> tuple:
@@ -404,7 +413,8 @@ def _aggregate(key: tuple, records: list[dict], structures: list[str]) -> dict:
     row["gap_closed"] = math.nan
     provenance_from = used if used else records
     for field in _PROVENANCE_FIELDS:
-        row[field] = _join_sorted((r.get("config") or {}).get(field) for r in provenance_from)
+        value = _method_version if field == "method_version" else lambda cfg, f=field: cfg.get(f)
+        row[field] = _join_sorted(value(r.get("config") or {}) for r in provenance_from)
     row["commit"] = _join_sorted(r.get("commit") for r in provenance_from)
     return row
 

@@ -14,18 +14,33 @@ holds only what is specific to the method. A method
   the trainer runs, and ``self.optimizer_spans`` gives each optimizer the (start, end) steps over which its
   learning-rate schedule (warm-up, then decay) runs; outside its span an optimizer's rate is zero;
 * exposes its segmenter's features through :meth:`features` so plug-ins can attach to it.
+
+Plug-ins (:class:`Plugin`, e.g. ``metahallu+cdtg``) modify a method rather than replace it. The trainer calls
+:meth:`Method.train_step` and :meth:`Method.infer`, which are :meth:`Method.update` and :meth:`Method.predict`
+unchanged when no plug-in is attached. Every method steps its segmenter through one optimizer,
+:meth:`Method.segmenter_optimizer` (``optimizers[0]`` of a :class:`SegmenterMethod`); an attached plug-in
+joins exactly that step: a step pre-hook on that optimizer computes the host's :meth:`features` of the labeled
+batch, asks each plug-in for its loss and back-propagates it, so its gradient adds to whatever the host put in
+the segmenter's ``.grad`` (plain back-propagation, SIFA's restricted backward, or metahallu's meta-gradients)
+before the host's own optimizer applies them. No second optimizer ever steps the segmenter. A plug-in's own
+weights are a parameter group of that optimizer, so they follow the segmenter's schedule (and its stage, for a
+multi-stage method such as ``cyclegan_uda``, whose segmenter trains only in its second stage) and are saved in
+its checkpoint state; the plug-in modules are the submodule ``plugins`` of the method, so the method's
+``state_dict`` holds them too. At inference, :meth:`Method.infer` lets each plug-in with a head blend its
+prediction from the host's features into the host's logits.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 from torch import nn
 
 from .data import Batch
+from .errors import PluginHostError
 from .hparams import HParam, log_uniform, uniform
 from .losses import dice_ce_loss
 from .models import Segmenter
@@ -44,6 +59,17 @@ class MethodContext:
     artifacts: Path | None = None
     #: What identifies the trial's data and budget apart from the method: dataset, direction, seed, preset.
     run_key: dict[str, Any] = field(default_factory=dict)
+    #: Reads the dataset's class descriptions (:meth:`benchmark.dataset.DatasetAdapter.class_descriptions`), for
+    #: plug-ins that use language; ``None`` outside a trial (plug-ins then fall back on the class names).
+    describe: Callable[[], dict[str, Any]] | None = None
+
+
+def _declared(cls: type) -> dict[str, "HParam"]:
+    """``HPARAMS`` merged along the class hierarchy (a subclass overrides its bases)."""
+    merged: dict[str, HParam] = {}
+    for klass in reversed(cls.__mro__):
+        merged.update(getattr(klass, "HPARAMS", {}) or {})
+    return merged
 
 
 class Method(nn.Module):
@@ -57,6 +83,9 @@ class Method(nn.Module):
         "weight_decay": HParam(1e-5, log_uniform(1e-6, 1e-3), "Adam weight decay"),
     }
 
+    #: The labeled stream plug-ins learn from (images ``<stream>_x``, labels ``<stream>_y`` of the batch).
+    labeled_stream: ClassVar[str] = "source"
+
     def __init__(self, ctx: MethodContext, hparams: dict[str, Any]):
         super().__init__()
         self.ctx = ctx
@@ -66,13 +95,11 @@ class Method(nn.Module):
         self.total_steps: int = ctx.total_steps
         #: One (start, end) step span per optimizer for its schedule; ``None``: every optimizer over all steps.
         self.optimizer_spans: list[tuple[int, int]] | None = None
+        self._plugin_step: dict[str, Any] | None = None  # the batch and losses of the step in progress
 
     @classmethod
     def declared_hparams(cls) -> dict[str, HParam]:
-        merged: dict[str, HParam] = {}
-        for klass in reversed(cls.__mro__):
-            merged.update(getattr(klass, "HPARAMS", {}) or {})
-        return merged
+        return _declared(cls)
 
     def update(self, batch: Batch, step: int) -> dict[str, float]:
         """One optimisation step on ``batch``; returns the losses as floats."""
@@ -86,13 +113,184 @@ class Method(nn.Module):
         """The segmenter's last decoder features (B, F, H, W), where plug-ins attach."""
         raise NotImplementedError
 
+    def segmenter_optimizer(self) -> torch.optim.Optimizer | None:
+        """The optimizer whose ``step()`` updates the segmenter (where plug-ins add their losses); None: none."""
+        return None
+
+    # -- plug-ins ---------------------------------------------------------------------------------------------
+    @classmethod
+    def hosting_problem(cls) -> str | None:
+        """Why this method cannot host plug-ins, as a clause (``None``: it can), judged from its class alone."""
+        if cls.features is Method.features:
+            return "it does not expose its segmenter's features (its features() is not implemented)"
+        if cls.segmenter_optimizer is Method.segmenter_optimizer:
+            return "it names no optimizer that steps a segmenter (its segmenter_optimizer() returns None)"
+        if cls.labeled_stream not in cls.streams:
+            return (f"it does not read the labeled stream {cls.labeled_stream!r} that plug-ins learn from "
+                    f"(its streams: {', '.join(cls.streams)})")
+        return None
+
+    @property
+    def attached_plugins(self) -> dict[str, "Plugin"]:
+        """The attached plug-ins by name, in the order they were composed (empty without plug-ins)."""
+        plugins = self._modules.get("plugins")
+        return dict(plugins.items()) if plugins is not None else {}
+
+    def attach_plugins(self, plugins: Sequence[tuple[type["Plugin"], dict[str, Any]]]) -> None:
+        """Build the plug-ins ``(class, resolved hyperparameters)`` on this method and join them to its training.
+
+        Raises :class:`~benchmark.errors.PluginHostError`, naming the method and the plug-in, if this method
+        cannot host them. Call it right after construction, before the trainer builds its schedules.
+        """
+        if not plugins:
+            return
+        if "plugins" in self._modules:
+            raise RuntimeError(f"Method {self.name!r} already has plug-ins attached.")
+        names = [cls.name for cls, _ in plugins]
+        optimizer = None
+        problem = type(self).hosting_problem()
+        if problem is None:
+            optimizer = self.segmenter_optimizer()
+            if optimizer is None:
+                problem = "it has no optimizer that steps a segmenter (its segmenter_optimizer() returned None)"
+        width = None
+        if problem is None:
+            width, problem = self._probe_feature_channels()
+        if problem is not None:
+            raise plugin_host_error(self.name, names, problem)
+        device = next(self.parameters()).device
+        modules = nn.ModuleDict()
+        for cls, hparams in plugins:
+            modules[cls.name] = cls(self.ctx, hparams, width)
+        self.plugins = modules.to(device)
+        for plugin in modules.values():
+            params = [p for p in plugin.parameters() if p.requires_grad]
+            if params:
+                optimizer.add_param_group({"params": params, "lr": plugin.hparams["lr"],
+                                           "weight_decay": plugin.hparams.get("weight_decay", 0.0)})
+        optimizer.register_step_pre_hook(self._plugins_join_step)
+
+    def _probe_feature_channels(self) -> tuple[int | None, str | None]:
+        """The width of :meth:`features` on a blank 64x64 image (eval mode, no gradient, RNG untouched)."""
+        modes = {m: m.training for m in self.modules()}
+        device = next(self.parameters()).device
+        self.eval()
+        try:
+            with torch.no_grad(), torch.random.fork_rng(devices=[]):
+                feats = self.features(torch.zeros(1, self.ctx.in_channels, 64, 64, device=device))
+        except NotImplementedError:
+            return None, "its features() is not implemented"
+        except Exception as exc:  # noqa: BLE001 - any failure means the method cannot host a plug-in
+            return None, f"its features() failed on a 64x64 probe image with {type(exc).__name__}: {exc}"
+        finally:
+            for m, training in modes.items():
+                m.training = training
+        if not isinstance(feats, torch.Tensor) or feats.ndim != 4:
+            return None, "its features() did not return a (batch, channels, height, width) tensor"
+        return int(feats.shape[1]), None
+
+    def _plugins_join_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        """Step pre-hook of the segmenter's optimizer: add every plug-in's gradient to the host's."""
+        state = self._plugin_step
+        if state is None:
+            raise RuntimeError(
+                f"Method {self.name!r} stepped its segmenter outside train_step(): with plug-ins attached "
+                f"({', '.join(self.attached_plugins)}), train it through train_step(batch, step), as the trainer "
+                f"does, so the plug-ins see the batch.")
+        x = getattr(state["batch"], f"{self.labeled_stream}_x", None)
+        y = getattr(state["batch"], f"{self.labeled_stream}_y", None)
+        if x is None or y is None:
+            raise RuntimeError(f"The batch has no labeled {self.labeled_stream!r} stream for the plug-ins of "
+                               f"method {self.name!r}.")
+        with torch.enable_grad():
+            feats = self.features(x)
+            total = None
+            for name, plugin in self.attached_plugins.items():
+                for p in plugin.parameters():
+                    p.grad = None  # the host may never zero them (metahallu assigns its gradients)
+                loss, logs = plugin.loss(feats, y, state["step"])
+                total = loss if total is None else total + loss
+                state["losses"].update({f"{name}_{k}": float(v) for k, v in logs.items()})
+            total.backward()
+
+    def train_step(self, batch: Batch, step: int) -> dict[str, float]:
+        """What the trainer calls: :meth:`update`, with the attached plug-ins joining the segmenter's step."""
+        if "plugins" not in self._modules:
+            return self.update(batch, step)
+        self._plugin_step = {"batch": batch, "step": step, "losses": {}}
+        try:
+            losses = self.update(batch, step)
+            return {**losses, **self._plugin_step["losses"]}
+        finally:
+            self._plugin_step = None
+
+    def infer(self, images: torch.Tensor) -> torch.Tensor:
+        """What evaluation calls: :meth:`predict`, blended with the heads of attached plug-ins."""
+        logits = self.predict(images)
+        heads = [p for p in self.attached_plugins.values() if p.has_head]
+        if heads:
+            feats = self.features(images)
+            for plugin in heads:
+                logits = plugin.blend(logits, feats)
+        return logits
+
+
+def plugin_host_error(method: str, plugins: Sequence[str], problem: str) -> PluginHostError:
+    """The one-paragraph error for a method that cannot host ``plugins``, saying why (``problem``)."""
+    composed = "+".join([method, *plugins])
+    return PluginHostError(
+        f"Plug-in {'+'.join(plugins)!r} cannot attach to method {method!r} ({composed}): {problem}. A plug-in needs "
+        f"a method built around a segmenter, whose features() returns the segmenter's last decoder features and "
+        f"whose segmenter_optimizer() is the optimizer that steps the segmenter (every SegmenterMethod qualifies); "
+        f"compose it with such a method instead, e.g. source_only+{plugins[0]}.")
+
 
 class Plugin(nn.Module):
-    """Base class of plug-ins, which add loss terms (and optionally an inference head) to a host method."""
+    """Base class of plug-ins, which add loss terms (and optionally an inference head) to a host method.
+
+    Register subclasses with ``@register_plugin("name")``. A plug-in is built by
+    :meth:`Method.attach_plugins` with the host's :class:`MethodContext`, its resolved hyperparameters (declared
+    in ``HPARAMS`` like a method's) and the width of the host's :meth:`Method.features`. During training,
+    :meth:`loss` receives the host's features of the labeled batch and its labels and returns a loss tensor,
+    which joins the host's optimizer step of the segmenter; its own weights train in a parameter group of that
+    optimizer with learning rate ``lr``. A plug-in with a head (``has_head``) blends its prediction into the
+    host's logits at inference through :meth:`blend`.
+    """
 
     name: ClassVar[str] = ""
     version: ClassVar[str] = "1"
-    HPARAMS: ClassVar[dict[str, HParam]] = {}
+    HPARAMS: ClassVar[dict[str, HParam]] = {
+        "lr": HParam(1e-3, log_uniform(1e-4, 3e-3), "Adam learning rate of the plug-in's own weights"),
+    }
+
+    def __init__(self, ctx: MethodContext, hparams: dict[str, Any], feature_channels: int):
+        super().__init__()
+        self.ctx = ctx
+        self.hparams = dict(hparams)
+        self.feature_channels = feature_channels
+
+    @classmethod
+    def declared_hparams(cls) -> dict[str, HParam]:
+        return _declared(cls)
+
+    @classmethod
+    def provenance(cls, adapter: Any) -> dict[str, str]:
+        """Versions of data the plug-in reads for ``adapter``'s dataset (they key the trial); none by default."""
+        return {}
+
+    def loss(self, features: torch.Tensor, labels: torch.Tensor, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        """The plug-in's training loss on the host's ``features`` (B, F, h, w) of labeled images, ``labels``
+        (B, H, W); returns the loss tensor and its parts as floats for the log."""
+        raise NotImplementedError
+
+    @property
+    def has_head(self) -> bool:
+        """Whether :meth:`blend` changes the host's prediction."""
+        return False
+
+    def blend(self, logits: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """The host's ``logits`` combined with this plug-in's prediction from ``features``."""
+        return logits
 
 
 class SegmenterMethod(Method):
@@ -112,6 +310,9 @@ class SegmenterMethod(Method):
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         return self.segmenter.forward_features(images)[1]
+
+    def segmenter_optimizer(self) -> torch.optim.Optimizer | None:
+        return self.optimizers[0]
 
 
 class OutputAdversaryMethod(SegmenterMethod):

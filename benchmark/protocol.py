@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import zlib
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
@@ -102,11 +103,16 @@ class TrialSpec:
     data_root: str | None = None
     #: Hyperparameters set on the command line for this row, e.g. ``meta=false`` (empty: the defaults or sample).
     variant: str = ""
+    #: Plug-ins composed with the method, in order: ``{"name", "version", "hparams"}`` and, when set, ``"variant"``
+    #: (the plug-in's command-line settings) and ``"provenance"`` (e.g. the version of the texts it reads).
+    plugins: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        if not d["variant"]:
-            del d["variant"]  # so that trials without a variant keep the hashes they always had
+        # fields added later are left out while empty, so that trials without them keep the hashes they always had
+        for key in ("variant", "plugins"):
+            if not d[key]:
+                del d[key]
         return d
 
     @classmethod
@@ -123,29 +129,66 @@ class TrialSpec:
     def label(self) -> str:
         """A short human-readable name: ``synthetic-heart/mr2ct/source_only/4shot/seed0``."""
         hp = f"/hp{self.hparam_sample}" if self.hparam_sample else ""
-        method = f"{self.method}:{self.variant}" if self.variant else self.method
+        method = composed_name(self.method, self.variant, self.plugins)
         return f"{self.dataset}/{self.direction}/{method}/{self.shots}shot/seed{self.seed}{hp}"
 
 
-def parse_method_variant(text: str) -> tuple[str, dict[str, str]]:
+def composed_name(method: str, variant: str = "", plugins: Sequence[dict[str, Any]] = ()) -> str:
+    """The row name of a method with its variant and plug-ins: ``metahallu:meta=false+cdtg:blend=0.3``."""
+    parts = [f"{method}:{variant}" if variant else method]
+    for p in plugins or ():
+        parts.append(f"{p['name']}:{p['variant']}" if p.get("variant") else str(p["name"]))
+    return "+".join(parts)
+
+
+def parse_method_variant(text: str, *, entry: str | None = None, what: str = "method"
+                         ) -> tuple[str, dict[str, str]]:
     """``"metahallu:meta=false:consistency=0"`` -> ``("metahallu", {"meta": "false", "consistency": "0"})``.
 
     A method entry of ``--methods`` may set hyperparameters after colons; such a variant is its own leaderboard row
-    (an ablation, say). Values stay strings here; :func:`benchmark.hparams.resolve` converts and checks them.
+    (an ablation, say). Values stay strings here; :func:`benchmark.hparams.resolve` converts and checks them. A
+    piece without ``=`` continues the value before it, so a value may hold colons (``text_encoder=openclip:/w.pt``).
+    ``entry`` (the whole ``--methods`` entry) and ``what`` only shape error messages.
     """
+    entry = text if entry is None else entry
     name, *settings = text.strip().split(":")
     overrides: dict[str, str] = {}
+    last = None
     for item in settings:
         key, sep, value = item.partition("=")
+        if not sep and last is not None and item:
+            overrides[last] += ":" + item
+            continue
         if not sep or not key.strip() or not value.strip():
-            raise UsageError(f"Method entry {text!r}: {item!r} is not of the form name=value (e.g. "
+            raise UsageError(f"Method entry {entry!r}: {item!r} is not of the form name=value (e.g. "
                              f"metahallu:meta=false).")
         if key.strip() in overrides:
-            raise UsageError(f"Method entry {text!r} sets {key.strip()!r} twice.")
-        overrides[key.strip()] = value.strip()
+            raise UsageError(f"Method entry {entry!r} sets {key.strip()!r} twice.")
+        last = key.strip()
+        overrides[last] = value.strip()
     if not name.strip():
-        raise UsageError(f"Method entry {text!r} names no method.")
+        raise UsageError(f"Method entry {entry!r} names no {what}.")
     return name.strip(), overrides
+
+
+#: ``+`` separates a method from its plug-ins, except before a digit (so a value like ``1e+3`` stays whole).
+_PLUGIN_SEPARATOR = re.compile(r"\+(?!\d)")
+
+
+def parse_method_entry(text: str) -> tuple[tuple[str, dict[str, str]], list[tuple[str, dict[str, str]]]]:
+    """A ``--methods`` entry as (method, settings) and a list of (plug-in, settings).
+
+    ``"metahallu:meta=false+cdtg:blend=0.3"`` -> ``(("metahallu", {"meta": "false"}), [("cdtg", {"blend": "0.3"})])``.
+    An entry is a base method and, after ``+``, any number of plug-ins; each part may set its own hyperparameters
+    after colons, which bind to the part they follow. The entry is split at every ``+`` not followed by a digit.
+    """
+    parts = _PLUGIN_SEPARATOR.split(text.strip())
+    if any(not p.strip() for p in parts):
+        raise UsageError(f"Method entry {text!r} has an empty part around '+'; write METHOD+PLUGIN, e.g. "
+                         f"source_only+cdtg.")
+    base = parse_method_variant(parts[0], entry=text)
+    plugins = [parse_method_variant(p, entry=text, what="plug-in") for p in parts[1:]]
+    return base, plugins
 
 
 def format_variant(overrides: dict[str, Any]) -> str:

@@ -4,13 +4,15 @@ One :class:`Registry` per kind. Plugins register by decorator with a unique name
 name or a class that does not derive from the registry's base class is an error at registration time, and an
 unknown name fails with the list of known names and the closest match.
 
-Plugins live in the repository's ``methods/`` and ``datasets/`` folders. These folders are *not* Python packages
-(they have no ``__init__.py``): :func:`discover` loads each file by path under a private module name
-(``_fsuda_plugins.<kind>.<stem>``), so the repository's ``datasets/`` folder can never shadow an installed
-``datasets`` package. Installed third-party packages add plugins through the entry point groups
-``fsuda_benchmark.methods`` and ``fsuda_benchmark.datasets``: each entry point names a module, which is imported
-and registers its classes by the same decorators. Extra plugin folders can be given in the environment variable
-``FSUDA_PLUGIN_PATH`` (``os.pathsep``-separated; each folder may hold ``methods/`` and ``datasets/`` subfolders).
+Plugins live in the repository's ``methods/`` and ``datasets/`` folders; plug-ins, which modify a method
+(``metahallu+cdtg``), live in ``methods/`` beside the methods and register with :func:`register_plugin`. These
+folders are *not* Python packages (they have no ``__init__.py``): :func:`discover` loads each file by path under a
+private module name (``_fsuda_plugins.<kind>.<stem>``), so the repository's ``datasets/`` folder can never shadow
+an installed ``datasets`` package. Installed third-party packages add plugins through the entry point groups
+``fsuda_benchmark.methods``, ``fsuda_benchmark.plugins`` and ``fsuda_benchmark.datasets``: each entry point names a
+module, which is imported and registers its classes by the same decorators. Extra plugin folders can be given in
+the environment variable ``FSUDA_PLUGIN_PATH`` (``os.pathsep``-separated; each folder may hold ``methods/`` and
+``datasets/`` subfolders).
 
 :func:`discover` is explicit, idempotent and what every Ray worker calls: workers receive plugin names, never
 class objects.
@@ -34,7 +36,10 @@ from .errors import BenchmarkError, UnknownNameError
 T = TypeVar("T", bound=type)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-ENTRY_POINT_GROUPS = {"methods": "fsuda_benchmark.methods", "datasets": "fsuda_benchmark.datasets"}
+ENTRY_POINT_GROUPS = {"methods": "fsuda_benchmark.methods", "datasets": "fsuda_benchmark.datasets",
+                      "plugins": "fsuda_benchmark.plugins"}
+#: The entry point groups each kind of plugin folder loads with it (plug-ins are loaded with the methods).
+_GROUPS_OF_KIND = {"methods": ("methods", "plugins"), "datasets": ("datasets",)}
 PLUGIN_PATH_ENV = "FSUDA_PLUGIN_PATH"
 _PRIVATE_PREFIX = "_fsuda_plugins"
 
@@ -227,7 +232,8 @@ def discover(kinds: tuple[str, ...] = ("methods", "datasets")) -> None:
                 for path in sorted(folder.glob("*.py")):
                     if not path.name.startswith("_"):
                         _load_file(kind, path)
-            for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUPS[kind]):
+            groups = [ENTRY_POINT_GROUPS[g] for g in _GROUPS_OF_KIND[kind]]
+            for ep in [ep for group in groups for ep in importlib.metadata.entry_points(group=group)]:
                 _searched.append(f"entry point {ep.group}:{ep.name}")
                 if ep.value in _loaded:
                     continue

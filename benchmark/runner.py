@@ -29,8 +29,7 @@ from . import registry
 from .errors import UsageError
 from .hparams import resolve
 from .presets import get_preset
-from .protocol import (SELECTION_POLICIES, TrialSpec, format_variant, parse_direction, parse_method_variant,
-                       parse_shots)
+from .protocol import SELECTION_POLICIES, TrialSpec, format_variant, parse_direction, parse_method_entry, parse_shots
 from .registry import REPO_ROOT
 from .store import ResultsStore
 
@@ -50,20 +49,23 @@ def build_grid(*, dataset: str, methods: Sequence[str], shots: Sequence[int | st
     if directions is None:
         directions = [f"{a}2{b}" for a, b in itertools.permutations(modalities, 2)]
     settings = get_preset(preset, **(preset_overrides or {}))
-    entries: dict[tuple[str, str], dict[str, Any]] = {}  # (canonical method, variant) -> its settings, in order
+    # (canonical method, variant, plug-ins with their variants) -> (method settings, plug-in settings), in order
+    entries: dict[tuple, tuple[dict[str, Any], list[tuple[str, str, dict[str, Any]]]]] = {}
     for entry in methods:
-        name, given = parse_method_variant(entry)
+        (name, given), plugin_parts = parse_method_entry(entry)
         name = registry.METHODS.canonical(name)
         values = resolve(registry.METHODS.get(name).declared_hparams(), 0, given, owner=f"Method {name!r}")
         overrides = {k: values[k] for k in given}
-        entries.setdefault((name, format_variant(overrides)), overrides)
+        plugins = _resolve_plugins(name, plugin_parts, entry)
+        key = (name, format_variant(overrides), tuple((p, v) for p, v, _ in plugins))
+        entries.setdefault(key, (overrides, plugins))
     shots = [parse_shots(s) for s in shots]
     if not seeds:
         raise UsageError("No seeds given: pass at least one, e.g. --seeds 0,1,2.")
     specs = []
     for direction in directions:
         source, target = parse_direction(direction, modalities)
-        for (method, variant), overrides in entries.items():
+        for (method, variant, _), (overrides, plugins) in entries.items():
             cls = registry.METHODS.get(method)
             labeled_modality = target if "target_labeled" in cls.streams else source
             n_train = len(adapter.cases(labeled_modality, "train"))
@@ -76,13 +78,48 @@ def build_grid(*, dataset: str, methods: Sequence[str], shots: Sequence[int | st
                 for seed, sample in itertools.product(seeds, hparam_samples):
                     hparams = resolve(cls.declared_hparams(), sample, {**(hparam_overrides or {}), **overrides},
                                       owner=f"Method {method!r}")
+                    plugin_specs = [_plugin_spec(p, v, o, sample, adapter) for p, v, o in plugins]
                     specs.append(TrialSpec(
                         dataset=dataset, direction=direction, method=method, shots=k, seed=int(seed),
                         preset=preset, hparam_sample=int(sample), hparams=hparams, selection=SELECTION_POLICIES[0],
                         dataset_version=adapter_cls.version, method_version=cls.version,
                         preset_settings=settings, data_root=str(Path(data_root).resolve()) if data_root else None,
-                        variant=variant))
+                        variant=variant, plugins=plugin_specs))
     return specs
+
+
+def _resolve_plugins(method: str, parts: list[tuple[str, dict[str, str]]], entry: str
+                     ) -> list[tuple[str, str, dict[str, Any]]]:
+    """(canonical name, variant, settings) of each plug-in of a ``--methods`` entry, checked against its host."""
+    from .method import plugin_host_error
+
+    out: list[tuple[str, str, dict[str, Any]]] = []
+    for name, given in parts:
+        name = registry.PLUGINS.canonical(name)
+        if any(name == p for p, _, _ in out):
+            raise UsageError(f"Method entry {entry!r} composes plug-in {name!r} twice.")
+        values = resolve(registry.PLUGINS.get(name).declared_hparams(), 0, given, owner=f"Plug-in {name!r}",
+                         namespace=f"{name}.")
+        overrides = {k: values[k] for k in given}
+        out.append((name, format_variant(overrides), overrides))
+    problem = registry.METHODS.get(method).hosting_problem() if out else None
+    if problem is not None:
+        raise plugin_host_error(method, [p for p, _, _ in out], problem)
+    return out
+
+
+def _plugin_spec(name: str, variant: str, overrides: dict[str, Any], sample: int, adapter) -> dict[str, Any]:
+    """A plug-in's entry in a :class:`TrialSpec`: name, version, hyperparameters, and variant/provenance if any."""
+    cls = registry.PLUGINS.get(name)
+    spec: dict[str, Any] = {"name": name, "version": cls.version,
+                            "hparams": resolve(cls.declared_hparams(), sample, overrides, owner=f"Plug-in {name!r}",
+                                               namespace=f"{name}.")}
+    if variant:
+        spec["variant"] = variant
+    provenance = cls.provenance(adapter)
+    if provenance:
+        spec["provenance"] = provenance
+    return spec
 
 
 def choose_device(gpu_ids: Sequence[Any], cuda_available: bool) -> str:

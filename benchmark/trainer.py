@@ -89,7 +89,7 @@ def predict_volume(method: Method, images: np.ndarray, device: torch.device, bat
     out = []
     for i in range(0, len(images), batch_size):
         x = torch.from_numpy(np.array(images[i:i + batch_size], dtype=np.float32))[:, None].to(device)
-        out.append(method.predict(x).argmax(1).to(torch.uint8).cpu().numpy())
+        out.append(method.infer(x).argmax(1).to(torch.uint8).cpu().numpy())
     return np.concatenate(out)
 
 
@@ -124,7 +124,15 @@ def method_context(spec: TrialSpec, adapter, cache: SliceCache, device: torch.de
                          backbone=lambda classes=num_classes: build_segmenter(settings["backbone"], 1, classes),
                          artifacts=cache.path / "artifacts",
                          run_key={"dataset": spec.dataset, "dataset_version": spec.dataset_version,
-                                  "direction": spec.direction, "seed": spec.seed, "preset": settings})
+                                  "direction": spec.direction, "seed": spec.seed, "preset": settings},
+                         describe=adapter.class_descriptions)
+
+
+def build_method(spec: TrialSpec, ctx: MethodContext) -> Method:
+    """The trial's method with its plug-ins attached (seed torch first for a reproducible initialisation)."""
+    method = registry.METHODS.get(spec.method)(ctx, spec.hparams)
+    method.attach_plugins([(registry.PLUGINS.get(p["name"]), p["hparams"]) for p in spec.plugins])
+    return method
 
 
 def run_trial(spec: TrialSpec, trial_dir: Path, *, device: torch.device | str = "cpu",
@@ -143,7 +151,7 @@ def run_trial(spec: TrialSpec, trial_dir: Path, *, device: torch.device | str = 
 
     ctx = method_context(spec, adapter, cache, device)
     torch.manual_seed(derive_seed("init", spec.seed))
-    method = method_cls(ctx, spec.hparams).to(device)
+    method = build_method(spec, ctx).to(device)
     total = int(method.total_steps)
     spans = method.optimizer_spans or [(0, total)] * len(method.optimizers)
     if len(spans) != len(method.optimizers):
@@ -170,7 +178,7 @@ def run_trial(spec: TrialSpec, trial_dir: Path, *, device: torch.device | str = 
         torch.manual_seed(derive_seed("step", spec.seed, step))
         batch: Batch = sampler.batch(step).to(device)
         method.train()
-        losses = method.update(batch, step)
+        losses = method.train_step(batch, step)
         bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
         if bad:
             raise TrialDiverged(

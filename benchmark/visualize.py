@@ -20,7 +20,7 @@ import torch
 
 from . import registry
 from .errors import BenchmarkError, UsageError
-from .protocol import TrialSpec, derive_seed, parse_direction, select_labeled
+from .protocol import TrialSpec, derive_seed, parse_direction, parse_method_entry, select_labeled
 from .store import ResultsStore
 
 #: Width and height of one panel, in inches at :data:`DPI`.
@@ -46,20 +46,21 @@ def find_trial(store: ResultsStore, method: str | None = None, *, trial_id: str 
         if record is None:
             raise UsageError(f"No finished trial {trial_id!r} in {store.trials}; `python -m benchmark leaderboard "
                              f"{store.root}` lists what finished there.")
-        if method is not None and record["config"]["method"] != registry.METHODS.canonical(method):
-            raise UsageError(f"Trial {trial_id} is a {record['config']['method']} trial, not {method}.")
+        if method is not None and _composition(record["config"]) != _wanted_composition(method):
+            raise UsageError(f"Trial {trial_id} is a {record['label'].split('/')[2]} trial, not {method}.")
     else:
         if method is None:
             raise UsageError("Name a method (e.g. `visualize metahallu`) or a trial (--trial ID).")
-        method = registry.METHODS.canonical(method)
-        wanted = {"method": method, "dataset": dataset, "direction": direction,
+        composition = _wanted_composition(method)
+        method = "+".join(composition)
+        wanted = {"dataset": dataset, "direction": direction,
                   "shots": None if shots is None else str(shots), "seed": seed, "preset": preset,
                   "hparam_sample": hparam_sample}
-        records = [r for r in store.records() if r["config"]["method"] == method]
+        records = [r for r in store.records() if _composition(r["config"]) == composition]
         matches = [r for r in records
                    if all(v is None or str(r["config"][k]) == str(v) for k, v in wanted.items())]
         if not matches:
-            what = ", ".join(f"{k} {v}" for k, v in wanted.items() if v is not None)
+            what = ", ".join([f"method {method}"] + [f"{k} {v}" for k, v in wanted.items() if v is not None])
             have = sorted({r["label"] for r in records})
             raise UsageError(
                 f"No finished trial in {store.trials} matches {what}."
@@ -77,10 +78,21 @@ def find_trial(store: ResultsStore, method: str | None = None, *, trial_id: str 
     return record
 
 
+def _composition(config: dict[str, Any]) -> tuple[str, ...]:
+    """A trial's method and plug-in names: ``("metahallu", "cdtg")``."""
+    return (config["method"], *(p["name"] for p in config.get("plugins", [])))
+
+
+def _wanted_composition(text: str) -> tuple[str, ...]:
+    """The canonical method and plug-in names of a ``visualize`` argument such as ``metahallu+cdtg``."""
+    (name, _), plugins = parse_method_entry(text)
+    return (registry.METHODS.canonical(name), *(registry.PLUGINS.canonical(p) for p, _ in plugins))
+
+
 def load_trial_method(store: ResultsStore, record: dict[str, Any], device: str = "cpu"):
     """(method with the trial's final weights, spec, adapter, slice cache) of a finished trial."""
     from .cache import PreprocessSettings, prepare
-    from .trainer import FINAL_WEIGHTS, method_context
+    from .trainer import FINAL_WEIGHTS, build_method, method_context
 
     spec = TrialSpec.from_dict(record["config"])
     weights = store.trials / spec.trial_id / FINAL_WEIGHTS
@@ -91,8 +103,7 @@ def load_trial_method(store: ResultsStore, record: dict[str, Any], device: str =
     adapter = registry.DATASETS.get(spec.dataset)(spec.data_root)
     settings = spec.preset_settings
     cache = prepare(adapter, PreprocessSettings(size=settings["size"]), workers=1, log=lambda s: None)
-    method = registry.METHODS.get(spec.method)(method_context(spec, adapter, cache, torch.device(device)),
-                                               spec.hparams).to(device)
+    method = build_method(spec, method_context(spec, adapter, cache, torch.device(device))).to(device)
     state = torch.load(weights, map_location=device, weights_only=False)
     try:
         method.load_state_dict(state["method"])
@@ -201,7 +212,7 @@ def render(method, spec: TrialSpec, adapter, cache, path: Path, rows: int = 4,
         elif hasattr(method, "translate"):
             trans = method.translate(xs)
             columns += [f"translated to {target} + label"]
-        pred = method.predict(xt).argmax(1).cpu().numpy()
+        pred = method.infer(xt).argmax(1).cpu().numpy()
     columns += [f"target ({target}) prediction", f"target ({target}) ground truth"]
 
     images = [xs.cpu().numpy()[:, 0], xt.cpu().numpy()[:, 0]]
@@ -259,7 +270,8 @@ def visualize(out: str | Path, method: str | None = None, *, trial_id: str | Non
     store = ResultsStore(out)
     record = find_trial(store, method, trial_id=trial_id, **selection)
     model, spec, adapter, cache = load_trial_method(store, record)
-    name = f"{spec.method}_{spec.direction}_{spec.shots}shot_seed{spec.seed}_{spec.trial_id}.png"
+    composed = "+".join(_composition(record["config"]))
+    name = f"{composed}_{spec.direction}_{spec.shots}shot_seed{spec.seed}_{spec.trial_id}.png"
     path = Path(png) if png else out / "figures" / name
     columns = render(model, spec, adapter, cache, path, rows, record.get("summary"))
     return Figure(path, rows, columns, spec.trial_id)

@@ -105,6 +105,7 @@ class MMWHS2D(FileDatasetAdapter):
     classes: ClassVar[dict[str, int]] = dict(CLASSES)
     slice_axis = 2
     split_file = "mmwhs_2d.split.json"
+    descriptions_file = "mmwhs.classes.json"  # the same structures as MM-WHS
     citation = ("Dou et al., PnP-AdaNet, IEEE Access 7, 2019; Chen et al., SIFA, AAAI 2019 and IEEE TMI 39(7), "
                 "2020; data: Zhuang et al., MedIA 58, 2019.")
     licence = "MM-WHS 2017 data terms (research use; cite the papers); the release is distributed by its authors."

@@ -1,4 +1,8 @@
-"""Conformance tests every registered method passes (a new method file is tested for free)."""
+"""Conformance tests every registered method passes (a new method file is tested for free).
+
+Composed methods (a method with plug-ins, ``source_only+cdtg``) run the same tests through ``train_step`` and
+``infer``, which for a method without plug-ins are ``update`` and ``predict``.
+"""
 
 from __future__ import annotations
 
@@ -13,9 +17,11 @@ from benchmark.data import STREAMS, Batch
 from benchmark.hparams import resolve
 from benchmark.method import Method, MethodContext
 from benchmark.models import build_segmenter
+from benchmark.protocol import parse_method_entry
 
 registry.discover()
-METHOD_NAMES = registry.METHODS.names()
+#: every registered method, and compositions with plug-ins that exercise the plug-in mechanism
+METHOD_NAMES = registry.METHODS.names() + ["source_only+cdtg", "metahallu+cdtg"]
 BACKBONE = {"encoder": "resnet18", "encoder_depth": 3, "decoder_channels": [16, 8, 8]}
 SIZE, CLASSES, B = 32, 5, 2
 
@@ -31,12 +37,16 @@ def tiny_batch(seed: int) -> Batch:
 
 
 def build(name: str, seed: int = 0) -> Method:
-    cls = registry.METHODS.get(name)
+    (base, _), plugins = parse_method_entry(name)
+    cls = registry.METHODS.get(base)
     ctx = MethodContext(in_channels=1, num_classes=CLASSES, device=torch.device("cpu"), total_steps=10,
                         class_names=("A", "B", "C", "D"),
                         backbone=lambda classes=CLASSES: build_segmenter(BACKBONE, 1, classes))
     torch.manual_seed(seed)
-    return cls(ctx, resolve(cls.declared_hparams(), 0))
+    method = cls(ctx, resolve(cls.declared_hparams(), 0))
+    method.attach_plugins([(registry.PLUGINS.get(p), resolve(registry.PLUGINS.get(p).declared_hparams(), 0))
+                           for p, _ in plugins])
+    return method
 
 
 def train(method: Method, steps: int = 2) -> list[dict[str, float]]:
@@ -44,13 +54,13 @@ def train(method: Method, steps: int = 2) -> list[dict[str, float]]:
     for step in range(steps):
         torch.manual_seed(1000 + step)
         method.train()
-        out.append(method.update(tiny_batch(step), step))
+        out.append(method.train_step(tiny_batch(step), step))
     return out
 
 
 @pytest.mark.parametrize("name", METHOD_NAMES)
 def test_contract(name):
-    cls = registry.METHODS.get(name)
+    cls = registry.METHODS.get(parse_method_entry(name)[0][0])
     assert issubclass(cls, Method) and cls.__doc__
     assert set(cls.streams) <= set(STREAMS)
     method = build(name)
@@ -60,7 +70,7 @@ def test_contract(name):
     method.eval()
     x = torch.randn(3, 1, SIZE, SIZE)
     with torch.no_grad():
-        assert method.predict(x).shape == (3, CLASSES, SIZE, SIZE)
+        assert method.infer(x).shape == (3, CLASSES, SIZE, SIZE)
         feats = method.features(x)
     assert feats.ndim == 4 and feats.shape[0] == 3
 
@@ -72,7 +82,7 @@ def test_deterministic_for_a_seed(name):
     x = torch.randn(2, 1, SIZE, SIZE)
     a.eval(), b.eval()
     with torch.no_grad():
-        assert torch.equal(a.predict(x), b.predict(x))
+        assert torch.equal(a.infer(x), b.infer(x))
 
 
 @pytest.mark.parametrize("name", METHOD_NAMES)
@@ -92,4 +102,4 @@ def test_checkpoint_round_trip(name):
     x = torch.randn(2, 1, SIZE, SIZE)
     a.eval(), b.eval()
     with torch.no_grad():
-        assert torch.equal(a.predict(x), b.predict(x))
+        assert torch.equal(a.infer(x), b.infer(x))
