@@ -56,8 +56,23 @@ def test_sifa_one_generator_call_equals_two():
     torch.testing.assert_close(joint, torch.cat([method.g_t(a), method.g_t(b)]), rtol=1e-5, atol=1e-5)
 
 
+def test_sifa_reconstruction_reads_the_encoder_features_not_the_input_image():
+    method = build("sifa_lite")
+    method.eval()
+    with torch.no_grad():
+        skips = method.segmenter.encode(torch.randn(2, 1, 32, 32))
+        out = method._reconstruct(skips)
+        assert out.shape == (2, 1, 32, 32)
+        # the input image (smp's first "feature") is ignored; every encoder level is read
+        blanked = method._reconstruct([torch.zeros_like(skips[0])] + skips[1:])
+        torch.testing.assert_close(blanked, out)
+        for level in range(1, len(skips)):
+            moved = [s if i != level else s + torch.randn_like(s) for i, s in enumerate(skips)]
+            assert not torch.allclose(method._reconstruct(moved), out), level
+
+
 def test_cyclegan_stages_and_spans():
-    method = build("cyclegan_uda", total_steps=10, translate_ratio=0.5)
+    method = build("cyclegan_uda", total_steps=10, translate_ratio=0.5, identity_weight=0.0)
     assert method.translate_steps == 5 and method.total_steps == 15
     assert method.optimizer_spans == [(5, 15), (0, 5), (0, 5)]
     seg = snapshot(method.segmenter)
