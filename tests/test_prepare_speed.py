@@ -2,9 +2,9 @@
 
 Run with ``python -m pytest tests/test_prepare_speed.py -m perf --benchmark-enable -s``; it prints volumes per second
 and the slice cache's size per volume. ``FSUDA_PREPARE_BENCH_SCALE`` (default 1.0) scales every volume's in-plane
-and through-plane size, e.g. 0.25 for a quick look. At scale 1 it needs about 12 GB of free disk (the NIfTI files and two 5 GB caches of
-256x256 coronal slices, about 400 per CT volume) and peaks near 12 GB of memory, because ``prepare`` gathers a
-modality's slices before writing them.
+and through-plane size, e.g. 0.25 for a quick look. At scale 1 it needs about 12 GB of free disk (the NIfTI files
+and two 5 GB caches of 256x256 coronal slices, about 400 per CT volume) and peaks near 12 GB of memory, because
+``prepare`` gathers a modality's slices before writing them.
 
 The volumes follow the MM-WHS 2017 training release's geometry: CT 512x512 axial slices (0.4 mm in plane, 0.6 mm
 apart, 220 slices), MR 288x288x140 at 1.0 x 1.0 x 1.2 mm stored in a permuted (sagittal-like) orientation, int16
