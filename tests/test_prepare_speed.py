@@ -3,7 +3,7 @@
 Run with ``python -m pytest tests/test_prepare_speed.py -m perf --benchmark-enable -s``; it prints volumes per second
 and the slice cache's size per volume. ``FSUDA_PREPARE_BENCH_SCALE`` (default 1.0) scales every volume's in-plane
 and through-plane size, e.g. 0.25 for a quick look. At scale 1 it needs about 12 GB of free disk (the NIfTI files
-and two 5 GB caches of 256x256 coronal slices, about 400 per CT volume) and peaks near 12 GB of memory, because
+and two 5 GB caches of 256x256 coronal slices, 512 per CT volume) and peaks near 12 GB of memory, because
 ``prepare`` gathers a modality's slices before writing them.
 
 The volumes follow the MM-WHS 2017 training release's geometry: CT 512x512 axial slices (0.4 mm in plane, 0.6 mm
