@@ -62,7 +62,7 @@ class SIFALite(SegmenterMethod):
     per level (SIFA's decoder reads only the deepest features, which at the quick preset's 64-pixel slices are a
     4x4 grid), which makes reconstruction easier and the cycle constraint on E weaker; the generator and the image
     discriminators are narrower and shallower than SIFA's (``gen_width`` 8, ``gen_blocks`` 2, for 64-256 pixel
-    slices), which keeps a step within about 4x a ``source_only`` step on CPU; the learning rate of the
+    slices), which brings a step from about 5.8x to about 4.3x a ``source_only`` step on CPU; the learning rate of the
     translation parts is 1e-3, not 2e-4, and follows the trainer's schedule, because the budget is hundreds to
     thousands of steps rather than SIFA's tens of thousands; Dice + cross-entropy as the supervised loss.
     """

@@ -14,6 +14,7 @@ background), a heart-sized labelled region in each.
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 
@@ -68,7 +69,7 @@ def mmwhs_release(tmp_path_factory) -> Path:
 def test_prepare_throughput(benchmark, mmwhs_release, tmp_path):
     adapter = fsuda.get_dataset("mmwhs", mmwhs_release)
     settings = PreprocessSettings(size=256)
-    rounds = iter(range(100))
+    rounds = itertools.count()
 
     def fresh_root():
         return (), {"root": tmp_path / f"cache{next(rounds)}"}
@@ -87,4 +88,3 @@ def test_prepare_throughput(benchmark, mmwhs_release, tmp_path):
     print("\n" + report)
     assert volumes == 40
     assert all(cache.index["has_labels"].values())
-
