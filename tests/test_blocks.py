@@ -31,6 +31,20 @@ def test_generator_input_skip_reaches_the_output_layer_at_full_resolution():
     assert plain.out[1].in_channels == 8
 
 
+def test_generator_residual_and_outer_kernel():
+    torch.manual_seed(0)
+    g = ResnetGenerator(1, 1, width=8, blocks=1, residual=True, outer_kernel=3)
+    assert g.net[1].kernel_size == (3, 3) and g.out[1].kernel_size == (3, 3)
+    torch.nn.init.zeros_(g.out[1].weight)
+    torch.nn.init.zeros_(g.out[1].bias)
+    x = torch.randn(2, 1, 32, 32)
+    torch.testing.assert_close(g(x), x)           # a residual generator with a zero last layer is the identity
+    with pytest.raises(ValueError, match="odd kernel size, not 4"):
+        ResnetGenerator(1, 1, width=8, outer_kernel=4)
+    with pytest.raises(ValueError, match="same channels, not 1 to 3"):
+        ResnetGenerator(1, 3, width=8, residual=True)
+
+
 def test_gan_losses():
     ones, zeros = torch.ones(3, 1, 4, 4), torch.zeros(3, 1, 4, 4)
     assert gan_loss(ones, real=True) == 0 and gan_loss(ones, real=False) == 1

@@ -56,19 +56,56 @@ def test_sifa_one_generator_call_equals_two():
     torch.testing.assert_close(joint, torch.cat([method.g_t(a), method.g_t(b)]), rtol=1e-5, atol=1e-5)
 
 
-def test_sifa_reconstruction_reads_the_encoder_features_not_the_input_image():
-    method = build("sifa_lite")
-    method.eval()
+def test_sifa_reconstruction_reads_the_encoder_features_and_adds_the_encoded_image_with_skip():
+    plain, skip = build("sifa_lite", skip=False), build("sifa_lite", skip=True)  # same seed, same weights
+    plain.eval()
+    skip.eval()
     with torch.no_grad():
-        skips = method.segmenter.encode(torch.randn(2, 1, 32, 32))
-        out = method._reconstruct(skips)
+        skips = plain.segmenter.encode(torch.randn(2, 1, 32, 32))
+        out = plain._reconstruct(skips)
         assert out.shape == (2, 1, 32, 32)
-        # the input image (smp's first "feature") is ignored; every encoder level is read
-        blanked = method._reconstruct([torch.zeros_like(skips[0])] + skips[1:])
+        # without skip the encoded image (smp's first "feature") is ignored; every encoder level is read
+        blanked = plain._reconstruct([torch.zeros_like(skips[0])] + skips[1:])
         torch.testing.assert_close(blanked, out)
         for level in range(1, len(skips)):
             moved = [s if i != level else s + torch.randn_like(s) for i, s in enumerate(skips)]
-            assert not torch.allclose(method._reconstruct(moved), out), level
+            assert not torch.allclose(plain._reconstruct(moved), out), level
+        # with skip (SIFA's configuration) U's output is the same change of appearance added to that image
+        torch.testing.assert_close(skip._reconstruct(skips), out + skips[0])
+        x = torch.randn(2, 1, 32, 32)
+        torch.testing.assert_close(skip.g_t(x) - x, plain.g_t(x), rtol=1e-5, atol=1e-5)
+
+
+def _grads(module: torch.nn.Module) -> list[torch.Tensor]:
+    return [p.grad.clone() for p in module.parameters() if p.grad is not None]
+
+
+def test_sifa_each_part_trains_on_its_own_objective():
+    """E gets ``encoder_translation_weight`` of the translation loss; G_t and U get all of it and no more."""
+    def step(**overrides):
+        method = build("sifa_lite", output_adv_weight=0.0, **overrides)
+        method.train()
+        method.update(tiny_batch(0), 0)
+        return method
+
+    base = step(seg_weight=0.0, encoder_translation_weight=0.1)
+    doubled = step(seg_weight=0.0, encoder_translation_weight=0.2)
+    with_seg = step(seg_weight=1.0, encoder_translation_weight=0.1)
+    encoder = [(a, b) for a, b in zip(_grads(base.segmenter.unet.encoder), _grads(doubled.segmenter.unet.encoder))]
+    assert encoder and any(bool(a.abs().sum() > 0) for a, _ in encoder)
+    for a, b in encoder:                          # E's gradient is linear in the translation share
+        torch.testing.assert_close(b, 2 * a, rtol=1e-4, atol=1e-9)
+    for module in ("g_t", "decoder_u"):           # the generators' gradients depend on neither weight
+        for other in (doubled, with_seg):
+            for a, b in zip(_grads(getattr(base, module)), _grads(getattr(other, module))):
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8)
+
+
+def test_sifa_output_alignment_waits_then_ramps_up_linearly():
+    method = build("sifa_lite", total_steps=100, output_adv_delay=0.2)
+    assert [method.output_adv_ramp(s) for s in (0, 20, 25, 30, 99)] == [0.0, 0.0, 0.5, 1.0, 1.0]
+    assert build("sifa_lite", total_steps=100, output_adv_delay=0.0).output_adv_ramp(0) == 0.0
+    assert build("sifa_lite", total_steps=100, output_adv_delay=0.0).output_adv_ramp(5) == 0.5
 
 
 def test_cyclegan_stages_and_spans():
