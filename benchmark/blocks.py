@@ -43,10 +43,11 @@ class _ResBlock(nn.Module):
 class ResnetGenerator(nn.Module):
     """Image translator: (B, in_ch, H, W) -> (B, out_ch, H, W); H and W divisible by 4.
 
-    CycleGAN's ResNet generator (Zhu et al., ICCV 2017, after Johnson et al., ECCV 2016): a 7x7 convolution, two
-    stride-2 convolutions, ``blocks`` residual blocks, two transposed convolutions and a 7x7 output convolution,
-    with instance norm. ``input_skip`` also feeds the input image to the output convolution (a long skip, as a
-    U-Net generator has), so that a briefly trained translator keeps the anatomy's full-resolution detail.
+    CycleGAN's ResNet generator (Zhu et al., ICCV 2017, after Johnson et al., ECCV 2016): an ``outer_kernel``
+    convolution, two stride-2 convolutions, ``blocks`` residual blocks, two transposed convolutions and an
+    ``outer_kernel`` output convolution, with instance norm. ``input_skip`` also feeds the input image to the
+    output convolution (a long skip, as a U-Net generator has), so that a briefly trained translator keeps the
+    anatomy's full-resolution detail.
     ``residual`` adds the input image to the output instead (the generator learns a change of appearance, as
     SIFA's released configuration does); it needs ``in_ch == out_ch``. ``outer_kernel`` is the size of the first
     and last convolutions (7 in CycleGAN; 3 costs about a third as much on CPU, where these thin full-resolution

@@ -143,11 +143,11 @@ class SIFALite(SegmenterMethod):
         output_adv = gan_loss(self.d_p(logits_t.softmax(1)), True)
         logits_ft = self.segmenter.head(self.segmenter.decode(skips_ft))
         seg = dice_ce_loss(logits_ft, ys, hp["dice_weight"])
-        # each part's own objective (SIFA trains each variable group on its own loss)
-        translation = hp["cycle_weight"] * cycle + hp["image_adv_weight"] * (adv_t + adv_s)
-        segmenter_side = (hp["seg_weight"] * seg
-                          + hp["encoder_translation_weight"] * (hp["cycle_weight"] * cycle
-                                                                + hp["image_adv_weight"] * adv_s)
+        # each part's own objective (SIFA trains each variable group on its own loss): U's is cycle + adv_s,
+        # G_t's is cycle + adv_t, and E gets a share of U's beside the segmentation and output-space terms
+        u_objective = hp["cycle_weight"] * cycle + hp["image_adv_weight"] * adv_s
+        translation = u_objective + hp["image_adv_weight"] * adv_t
+        segmenter_side = (hp["seg_weight"] * seg + hp["encoder_translation_weight"] * u_objective
                           + hp["output_adv_weight"] * self.output_adv_ramp(step) * output_adv)
         opt_seg.zero_grad(set_to_none=True)
         opt_gen.zero_grad(set_to_none=True)
