@@ -7,18 +7,11 @@ Importing the package is light (no torch); heavy modules load on first use. Publ
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from .protocol import PROTOCOL
-from .registry import DATASETS, METHODS, PLUGINS, discover, register_dataset, register_method, register_plugin
+from .registry import (DATASETS, METHODS, PLUGINS, discover, get_dataset, register_dataset, register_method,
+                       register_plugin)
 
 __version__ = "0.1.0"
-
-
-def get_dataset(name: str, root: str | Path | None = None):
-    """The adapter instance for dataset ``name`` (``root``: where its files are, for real datasets)."""
-    discover()
-    return DATASETS.get(name)(root)
 
 
 def get_method(name: str):

@@ -21,6 +21,9 @@ from .errors import DataError, UsageError
 
 SPLITS = ("train", "test")
 
+#: What an adapter read for one case: image, label or None, spacing in mm, and the file or folder it came from.
+CaseArrays = tuple[np.ndarray, np.ndarray | None, tuple[float, ...], str | Path]
+
 
 @dataclass
 class Case:
@@ -40,6 +43,7 @@ class DatasetAdapter:
     version: ClassVar[str] = "1"
     modalities: ClassVar[tuple[str, ...]] = ()
     classes: ClassVar[dict[str, int]] = {}
+    #: The array axis the 2D slices are taken along; 2 is axial for a volume in RAS+.
     slice_axis: ClassVar[int] = 2
     split_file: ClassVar[str] = ""
     citation: ClassVar[str] = ""
@@ -132,6 +136,10 @@ class DatasetAdapter:
             raise UsageError(f"Unknown split {split!r}; splits are {', '.join(SPLITS)}.")
         return sorted(self.split[modality][split])
 
+    def split_cases(self, modality: str) -> list[str]:
+        """Every case the split names for ``modality``, training and test."""
+        return self.split[modality]["train"] + self.split[modality]["test"]
+
     def check_modality(self, modality: str) -> None:
         if modality not in self.modalities:
             raise UsageError(
@@ -154,8 +162,8 @@ class DatasetAdapter:
     def load_case(self, modality: str, case_id: str) -> Case:
         """Load one case (image, label or None, spacing), labels mapped to :attr:`classes`.
 
-        Adapters of downloaded data implement :meth:`read_case` instead; this then raises one
-        :class:`DataError` listing every problem found.
+        Adapters of downloaded data implement :meth:`read_case` instead (:class:`FileDatasetAdapter` does, around
+        their ``read_files``); this then raises one :class:`DataError` listing every problem found.
         """
         if type(self).read_case is DatasetAdapter.read_case:
             raise NotImplementedError(f"{type(self).__name__} implements neither load_case nor read_case.")
@@ -195,8 +203,8 @@ class DatasetAdapter:
         """Facts about the data as found that ``validate`` prints with its summary (e.g. slices it set aside)."""
         return []
 
-    def check_case(self, case: Case, source: str) -> Case:
-        """Validate a loaded case; errors name ``source`` (the file) and the fault."""
+    def validate_case(self, case: Case, source: str) -> Case:
+        """``case`` when it has no fault (see :meth:`case_problems`); else one :class:`DataError` naming them all."""
         problems = self.case_problems(case, source)
         if problems:
             raise DataError(" ".join(problems))
@@ -237,9 +245,17 @@ class DatasetAdapter:
 class FileDatasetAdapter(DatasetAdapter):
     """Base of the adapters that read files a user downloaded (the real datasets).
 
-    Their cache key includes the code that reads and preprocesses the files (the adapter's own source file, the
+    A subclass knows only its format: :meth:`read_files` finds and reads one case's files, :meth:`subjects_on_disk`
+    names the subjects found under the root and :meth:`file_problems` any other fault of the files as found. This
+    base checks the modality and that a case is in the split before reading, checks what was read (see
+    :meth:`case_problems`), and flags subjects on disk that the split file does not list.
+
+    The cache key includes the code that reads and preprocesses the files (the adapter's own source file, the
     format readers and the shared preprocessing), so editing a reader never reuses slices the old code made.
     """
+
+    #: What problems call a subject of :meth:`subjects_on_disk` ("test subject" where only those have files).
+    subject_kind: ClassVar[str] = "subject"
 
     def fingerprint(self) -> str:
         from . import formats
@@ -247,31 +263,45 @@ class FileDatasetAdapter(DatasetAdapter):
 
         return code_fingerprint(inspect.getfile(type(self)), formats.__file__)
 
-    def missing_root(self) -> list[str]:
-        """The problem of a dataset folder that does not exist (empty when it does)."""
-        if self.root.is_dir():
-            return []
-        return [f"{self.root}: the dataset folder does not exist (expected layout: {self.layout})."]
+    def subjects_on_disk(self, modality: str) -> dict[str, Path]:
+        """Case ID -> a file or folder of that subject, for every ``modality`` subject found under the root."""
+        return {}
 
-    def unlisted(self, path: Path | str, modality: str, case_id: str, what: str = "subject") -> str:
-        """The problem of files on disk for a subject the split file does not list."""
-        return f"{path}: {what} {modality} {case_id} is not in the split file {self.split_path()}."
+    def file_problems(self) -> list[str]:
+        """Faults of the files as found other than subjects the split does not list (none unless overridden)."""
+        return []
 
-    def listed(self, modality: str) -> list[str]:
-        """Every case the split file names for ``modality`` (training and test)."""
-        return self.split[modality]["train"] + self.split[modality]["test"]
+    def check_files(self) -> list[str]:
+        if not self.root.is_dir():
+            return [f"{self.root}: the dataset folder does not exist (expected layout: {self.layout})."]
+        problems = self.file_problems()
+        for modality in self.modalities:
+            in_split = set(self.split_cases(modality))
+            problems.extend(f"{path}: {self.subject_kind} {modality} {case_id} is not in the split file "
+                            f"{self.split_path()}." for case_id, path in self.subjects_on_disk(modality).items()
+                            if case_id not in in_split)
+        return problems
 
-    def not_listed(self, modality: str, case_id: str, problems: list[str]) -> bool:
-        """Record (and return True) when ``case_id`` is not a case of the split file."""
-        if case_id in self.listed(modality):
-            return False
-        problems.append(f"{self.name} has no {modality} case {case_id!r} in its split file {self.split_path()}.")
-        return True
+    def unknown_case_problem(self, modality: str, case_id: str) -> str:
+        """The problem of a requested case that is not one of :meth:`split_cases`."""
+        return f"{self.name} has no {modality} case {case_id!r} in its split file {self.split_path()}."
 
-    def checked_case(self, modality: str, case_id: str, image: np.ndarray, label: np.ndarray | None,
-                     spacing: tuple[float, ...], source: str, problems: list[str]) -> Case | None:
-        """Assemble a :class:`Case` and append its faults (see :meth:`case_problems`); None when it has any."""
+    def read_case(self, modality: str, case_id: str, problems: list[str]) -> Case | None:
+        self.check_modality(modality)
+        if case_id not in self.split_cases(modality):
+            problems.append(self.unknown_case_problem(modality, case_id))
+            return None
+        before = len(problems)
+        read = self.read_files(modality, case_id, problems)
+        if read is None or len(problems) > before:
+            return None
+        image, label, spacing, source = read
         case = Case(case_id=case_id, modality=modality, image=image, label=label, spacing=spacing)
-        found = self.case_problems(case, source)
+        found = self.case_problems(case, str(source))
         problems.extend(found)
         return None if found else case
+
+    def read_files(self, modality: str, case_id: str, problems: list[str]) -> CaseArrays | None:
+        """Find and read the files of one case of the split, labels mapped to :attr:`classes`; every problem found
+        is appended to ``problems`` (and then it returns None)."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement read_files.")

@@ -1,4 +1,4 @@
-"""Readers for the public file formats of the real datasets: NIfTI, DICOM series, PNG masks, TFRecord, npz.
+"""Readers for the public file formats of the real datasets: NIfTI, DICOM series, TFRecord, npz.
 
 Every reader turns a failure into a :class:`~benchmark.errors.DataError` whose message starts with the file and
 says what is wrong with it (missing, unreadable, truncated, inconsistent), never a bare traceback. Readers that
@@ -13,7 +13,7 @@ of a dataset at once; without one they raise at the first.
 * TFRecord (no TensorFlow): :func:`iter_tfrecord` checks each record's framing (uint64 length, masked CRC-32C
   of the length, data, masked CRC-32C of the data) and :func:`parse_example` decodes a ``tf.train.Example``.
 
-Heavy libraries (pydicom, Pillow, google-crc32c) load on first use, so dataset discovery stays cheap.
+Heavy libraries (pydicom, google-crc32c) load on first use, so dataset discovery stays cheap.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ def _fail(message: str, problems: list[str] | None) -> None:
     problems.append(message)
 
 
-def _why(exc: BaseException) -> str:
+def reason(exc: BaseException) -> str:
+    """An exception's text for a problem sentence (its type's name when it has none), cut at 300 characters."""
     text = str(exc).strip() or type(exc).__name__
     return text if len(text) < 300 else text[:300] + "..."
 
@@ -68,10 +69,10 @@ def read_nifti(path: str | Path, *, dtype=np.float32, problems: list[str] | None
         data = np.asanyarray(img.dataobj)
         affine = np.asarray(img.affine, dtype=np.float64)
     except EOFError as exc:
-        _fail(f"{path}: the file is truncated ({_why(exc)}).", problems)
+        _fail(f"{path}: the file is truncated ({reason(exc)}).", problems)
         return None
     except Exception as exc:  # noqa: BLE001 - nibabel, gzip and zlib raise many types for damaged files
-        _fail(f"{path}: {_gzip_fault(path) or 'unreadable NIfTI file'} ({type(exc).__name__}: {_why(exc)}).",
+        _fail(f"{path}: {_gzip_fault(path) or 'unreadable NIfTI file'} ({type(exc).__name__}: {reason(exc)}).",
               problems)
         return None
     if data.ndim == 4 and data.shape[3] == 1:
@@ -191,11 +192,6 @@ def map_labels(raw: np.ndarray, mapping: dict[int, int], allowed: Iterable[int],
     return out
 
 
-def class_counts(label: np.ndarray, n_classes: int) -> list[int]:
-    """Voxels per class index 0..n_classes-1."""
-    return np.bincount(label.ravel(order="K"), minlength=n_classes)[:n_classes].tolist()
-
-
 # -- DICOM ---------------------------------------------------------------------------------------------------
 @dataclass
 class DicomSeries:
@@ -206,41 +202,42 @@ class DicomSeries:
     order: list[int]  # order[k] = index into the given paths of the file at slice k
 
 
-def read_dicom_series(paths: list[Path], *, problems: list[str] | None = None) -> DicomSeries | None:
-    """Read single-frame DICOM files of one series, ordered by position along the slice normal."""
+def _dicom_slice(path: Path) -> tuple | str:
+    """One file's (path, ImagePositionPatient, ImageOrientationPatient, PixelSpacing, rescaled pixels), or why
+    the file cannot be one slice of a series."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
+    try:
+        ds = pydicom.dcmread(str(path))
+    except FileNotFoundError:
+        return f"{path}: the file is missing."
+    except (InvalidDicomError, Exception) as exc:  # noqa: BLE001 - any decoding failure is the file's fault
+        return f"{path}: unreadable DICOM file ({type(exc).__name__}: {reason(exc)})."
+    try:
+        ipp = np.array([float(v) for v in ds.ImagePositionPatient])
+        iop = np.array([float(v) for v in ds.ImageOrientationPatient])
+        spacing = [float(v) for v in ds.PixelSpacing]
+    except (AttributeError, TypeError, ValueError) as exc:
+        return (f"{path}: the DICOM header lacks a valid ImagePositionPatient, ImageOrientationPatient or "
+                f"PixelSpacing ({reason(exc)}); the slice cannot be placed in the volume.")
+    try:
+        pixels = ds.pixel_array.astype(np.float32)
+    except Exception as exc:  # noqa: BLE001 - compressed or malformed pixel data
+        return f"{path}: the DICOM pixel data cannot be decoded ({type(exc).__name__}: {reason(exc)})."
+    slope = float(getattr(ds, "RescaleSlope", 1) or 1)
+    intercept = float(getattr(ds, "RescaleIntercept", 0) or 0)
+    return path, ipp, iop, spacing, pixels * slope + intercept
+
+
+def read_dicom_series(paths: list[Path], *, problems: list[str] | None = None) -> DicomSeries | None:
+    """Read single-frame DICOM files of one series, ordered by position along the slice normal."""
     if not paths:
         _fail("no DICOM files were given.", problems)
         return None
-    local: list[str] = []
-    slices = []
-    for path in paths:
-        try:
-            ds = pydicom.dcmread(str(path))
-        except FileNotFoundError:
-            local.append(f"{path}: the file is missing.")
-            continue
-        except (InvalidDicomError, Exception) as exc:  # noqa: BLE001 - any decoding failure is the file's fault
-            local.append(f"{path}: unreadable DICOM file ({type(exc).__name__}: {_why(exc)}).")
-            continue
-        try:
-            ipp = np.array([float(v) for v in ds.ImagePositionPatient])
-            iop = np.array([float(v) for v in ds.ImageOrientationPatient])
-            spacing = [float(v) for v in ds.PixelSpacing]
-        except (AttributeError, TypeError, ValueError) as exc:
-            local.append(f"{path}: the DICOM header lacks a valid ImagePositionPatient, ImageOrientationPatient or "
-                         f"PixelSpacing ({_why(exc)}); the slice cannot be placed in the volume.")
-            continue
-        try:
-            pixels = ds.pixel_array.astype(np.float32)
-        except Exception as exc:  # noqa: BLE001 - compressed or malformed pixel data
-            local.append(f"{path}: the DICOM pixel data cannot be decoded ({type(exc).__name__}: {_why(exc)}).")
-            continue
-        slope = float(getattr(ds, "RescaleSlope", 1) or 1)
-        intercept = float(getattr(ds, "RescaleIntercept", 0) or 0)
-        slices.append((path, ipp, iop, spacing, pixels * slope + intercept))
+    read = [_dicom_slice(path) for path in paths]
+    local = [r for r in read if isinstance(r, str)]
+    slices = [r for r in read if not isinstance(r, str)]
     if local or not slices:
         for message in local or ["no readable DICOM slice."]:
             _fail(message, problems)
@@ -288,34 +285,6 @@ def read_dicom_series(paths: list[Path], *, problems: list[str] | None = None) -
     return DicomSeries(volume=volume, affine=affine, order=order)
 
 
-# -- PNG -----------------------------------------------------------------------------------------------------
-def read_png(path: str | Path, *, problems: list[str] | None = None) -> np.ndarray | None:
-    """A single-channel PNG as a 2D integer array (an RGB/RGBA file is accepted when its colour channels agree)."""
-    from PIL import Image, UnidentifiedImageError
-
-    path = Path(path)
-    if not path.is_file():
-        _fail(f"{path}: the file is missing.", problems)
-        return None
-    try:
-        with Image.open(path) as im:
-            im.load()
-            array = np.array(im)
-    except UnidentifiedImageError:
-        _fail(f"{path}: not a readable image file (not a PNG, or truncated).", problems)
-        return None
-    except (OSError, ValueError, SyntaxError) as exc:
-        _fail(f"{path}: unreadable or truncated image ({_why(exc)}).", problems)
-        return None
-    if array.ndim == 3:
-        colour = array[..., :3]
-        if not (np.array_equal(colour[..., 0], colour[..., 1]) and np.array_equal(colour[..., 0], colour[..., 2])):
-            _fail(f"{path}: a colour mask; expected a grey-level label image.", problems)
-            return None
-        array = colour[..., 0]
-    return array
-
-
 # -- TFRecord ------------------------------------------------------------------------------------------------
 _CRC_MASK_DELTA = 0xA282EAD8
 
@@ -355,7 +324,7 @@ def iter_tfrecord(path: str | Path) -> Iterator[tuple[int, bytes]]:
     except FileNotFoundError:
         raise DataError(f"{path}: the file is missing.") from None
     except OSError as exc:
-        raise DataError(f"{path}: unreadable file ({_why(exc)}).") from None
+        raise DataError(f"{path}: unreadable file ({reason(exc)}).") from None
     with f:
         index, offset = 0, 0
         while True:
@@ -484,13 +453,12 @@ def read_npz(path: str | Path, keys: tuple[str, ...], *, problems: list[str] | N
                 return None
             return {k: np.asarray(z[k]) for k in keys}
     except Exception as exc:  # noqa: BLE001 - zipfile, zlib and numpy raise many types
-        _fail(f"{path}: unreadable or truncated .npz file ({type(exc).__name__}: {_why(exc)}).", problems)
+        _fail(f"{path}: unreadable or truncated .npz file ({type(exc).__name__}: {reason(exc)}).", problems)
         return None
 
 
 def read_nifti_pair(image_path: Path, label_path: Path, *, mapping: dict[int, int], allowed: Iterable[int],
-                    problems: list[str], canonical: bool = True
-                    ) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]] | None:
+                    problems: list[str]) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]] | None:
     """An image and its label volume, checked against each other, labels mapped, reoriented to RAS+.
 
     Problems (missing or unreadable file, shape or affine mismatch, undocumented label values) are appended to
@@ -513,9 +481,6 @@ def read_nifti_pair(image_path: Path, label_path: Path, *, mapping: dict[int, in
     mapped = map_labels(label.data, mapping, allowed, str(label_path), problems)
     if mapped is None or len(problems) > before:
         return None
-    if not canonical:
-        spacing = tuple(float(s) for s in np.sqrt((image.affine[:3, :3] ** 2).sum(axis=0)))
-        return image.data, mapped, spacing  # type: ignore[return-value]
     ornt = canonical_orientation(image.affine)
     data, _, spacing = to_canonical(image.data, image.affine, ornt)
     mapped, _, _ = to_canonical(mapped, image.affine, ornt)

@@ -180,7 +180,6 @@ register_dataset = DATASETS.register
 
 _lock = threading.Lock()
 _loaded: set[str] = set()
-_searched: list[str] = []
 
 
 def plugin_folders() -> dict[str, list[Path]]:
@@ -221,12 +220,10 @@ def discover(kinds: tuple[str, ...] = ("methods", "datasets")) -> None:
     ``kinds`` restricts loading to some kinds (dataset-only processes need not import torch).
     """
     with _lock:
-        _searched.clear()
         for kind, folders in plugin_folders().items():
             if kind not in kinds:
                 continue
             for folder in folders:
-                _searched.append(str(folder))
                 if not folder.is_dir():
                     continue
                 for path in sorted(folder.glob("*.py")):
@@ -234,7 +231,6 @@ def discover(kinds: tuple[str, ...] = ("methods", "datasets")) -> None:
                         _load_file(kind, path)
             groups = [ENTRY_POINT_GROUPS[g] for g in _GROUPS_OF_KIND[kind]]
             for ep in [ep for group in groups for ep in importlib.metadata.entry_points(group=group)]:
-                _searched.append(f"entry point {ep.group}:{ep.name}")
                 if ep.value in _loaded:
                     continue
                 try:
@@ -247,6 +243,7 @@ def discover(kinds: tuple[str, ...] = ("methods", "datasets")) -> None:
                 _loaded.add(ep.value)
 
 
-def searched_locations() -> list[str]:
-    """Where the last :func:`discover` looked, for error messages."""
-    return list(_searched)
+def get_dataset(name: str, root: str | Path | None = None):
+    """The adapter of dataset ``name`` (or an alias) on the files under ``root``, after discovering datasets."""
+    discover(kinds=("datasets",))
+    return DATASETS.get(name)(root)

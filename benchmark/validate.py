@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from .cache import process_map
 from .dataset import SPLITS
 from .errors import DataError
@@ -70,12 +72,15 @@ class Report:
         return "\n".join(fmt.format(*r) for r in [header, *rows])
 
 
+def class_counts(label: np.ndarray, n_classes: int) -> list[int]:
+    """Voxels per class index 0..n_classes-1."""
+    return np.bincount(label.ravel(order="K"), minlength=n_classes)[:n_classes].tolist()
+
+
 def _inspect(dataset: str, root: str | None, modality: str, case_id: str) -> tuple[list[str], dict | None]:
     from . import registry
-    from .formats import class_counts
 
-    registry.discover(kinds=("datasets",))
-    adapter = registry.DATASETS.get(dataset)(root)
+    adapter = registry.get_dataset(dataset, root)
     problems: list[str] = []
     try:
         case = adapter.read_case(modality, case_id, problems)

@@ -9,7 +9,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from benchmark.dataset import Case, FileDatasetAdapter
+from benchmark import formats
+from benchmark.dataset import CaseArrays, FileDatasetAdapter
+from benchmark.errors import DataError
 from benchmark.registry import register_dataset
 
 CLASSES = {"liver": 1, "right_kidney": 2, "left_kidney": 3, "spleen": 4}
@@ -33,6 +35,49 @@ _BTCV_FILE = re.compile(r"^(img|label)(\d{4})\.nii(\.gz)?$")
 def natural_key(path: Path) -> list:
     """Sort key that orders ``IMG-0002-00010`` after ``IMG-0002-00009``."""
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name)]
+
+
+def read_png(path: str | Path) -> np.ndarray:
+    """A CHAOS ground-truth mask as a 2D integer array (an RGB/RGBA file is accepted when its colour channels
+    agree); a missing, unreadable or colour file raises a :class:`DataError` naming it."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: the file is missing.")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            array = np.array(im)
+    except UnidentifiedImageError:
+        raise DataError(f"{path}: not a readable image file (not a PNG, or truncated).") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise DataError(f"{path}: unreadable or truncated image ({formats.reason(exc)}).") from None
+    if array.ndim == 3:
+        colour = array[..., :3]
+        if not (np.array_equal(colour[..., 0], colour[..., 1]) and np.array_equal(colour[..., 0], colour[..., 2])):
+            raise DataError(f"{path}: a colour mask; expected a grey-level label image.")
+        array = colour[..., 0]
+    return array
+
+
+def _checked_mask(path: Path, rows_columns: tuple[int, ...] | None, problems: list[str]) -> np.ndarray | None:
+    """One mask, checked against its DICOM slice's (rows, columns) where known and against the documented values."""
+    try:
+        mask = read_png(path)
+    except DataError as exc:
+        problems.append(str(exc))
+        return None
+    if rows_columns is not None and mask.shape != rows_columns:
+        problems.append(f"{path}: mask size {mask.shape} differs from its DICOM slice's {rows_columns} (rows, "
+                        f"columns).")
+        return None
+    bad = sorted(set(np.unique(mask).tolist()) - _CHAOS_SET)
+    if bad:
+        problems.append(f"{path}: mask values {bad[:20]} are outside the documented set (0 and (55, 70], "
+                        f"(110, 135], (175, 200], (240, 255]).")
+        return None
+    return mask
 
 
 @register_dataset("chaos-btcv")
@@ -62,7 +107,6 @@ class ChaosBTCV(FileDatasetAdapter):
     version = "1"
     modalities = ("mr", "ct")
     classes: ClassVar[dict[str, int]] = dict(CLASSES)
-    slice_axis = 2
     split_file = "chaos_btcv.split.json"
     citation = ("Kavur et al., CHAOS Challenge, MedIA 69:101950, 2021; Landman et al., MICCAI Multi-Atlas Labeling "
                 "Beyond the Cranial Vault - Workshop and Challenge, 2015.")
@@ -95,7 +139,7 @@ class ChaosBTCV(FileDatasetAdapter):
                 return path
         return None
 
-    def _on_disk(self, modality: str) -> dict[str, Path]:
+    def subjects_on_disk(self, modality: str) -> dict[str, Path]:
         if modality == "mr":
             if not self.chaos_dir.is_dir():
                 return {}
@@ -115,38 +159,16 @@ class ChaosBTCV(FileDatasetAdapter):
                 return path
         return self.btcv_dir / kind / f"{kind}{case_id}.nii.gz"
 
-    def check_files(self) -> list[str]:
-        if self.missing_root():
-            return self.missing_root()
-        problems = []
-        for modality in self.modalities:
-            listed = set(self.listed(modality))
-            for case_id, path in self._on_disk(modality).items():
-                if case_id not in listed:
-                    problems.append(self.unlisted(path, modality, case_id))
-        return problems
-
     # -- reading -------------------------------------------------------------------------------------------
-    def read_case(self, modality: str, case_id: str, problems: list[str]) -> Case | None:
-        self.check_modality(modality)
-        if self.not_listed(modality, case_id, problems):
-            return None
-        before = len(problems)
+    def read_files(self, modality: str, case_id: str, problems: list[str]) -> CaseArrays | None:
         if modality == "mr":
-            read, source = self._read_chaos(case_id, problems), self.chaos_dir / case_id / "T2SPIR"
-        else:
-            from benchmark.formats import read_nifti_pair
+            return self._read_chaos(case_id, problems)
+        image_path = self._btcv_path("img", case_id)
+        read = formats.read_nifti_pair(image_path, self._btcv_path("label", case_id), mapping=BTCV_MAP,
+                                       allowed=BTCV_VALUES, problems=problems)
+        return None if read is None else (*read, image_path)
 
-            source = self._btcv_path("img", case_id)
-            read = read_nifti_pair(source, self._btcv_path("label", case_id), mapping=BTCV_MAP,
-                                   allowed=BTCV_VALUES, problems=problems)
-        if read is None or len(problems) > before:
-            return None
-        return self.checked_case(modality, case_id, *read, str(source), problems)
-
-    def _read_chaos(self, case_id: str, problems: list[str]):
-        from benchmark import formats
-
+    def _read_chaos(self, case_id: str, problems: list[str]) -> CaseArrays | None:
         folder = self.chaos_dir / case_id / "T2SPIR"
         dcm_dir, gt_dir = folder / "DICOM_anon", folder / "Ground"
         dcms = sorted(dcm_dir.glob("*.dcm"), key=natural_key) if dcm_dir.is_dir() else []
@@ -171,27 +193,15 @@ class ChaosBTCV(FileDatasetAdapter):
                             f"{lacking or 'none'}.")
             return None
         series = formats.read_dicom_series(dcms, problems=problems)
-        planes = []
-        for path in masks:
-            mask = formats.read_png(path, problems=problems)
-            if mask is not None and series is not None and mask.shape != series.volume.shape[1::-1]:
-                problems.append(f"{path}: mask size {mask.shape} differs from its DICOM slice's "
-                                f"{series.volume.shape[1::-1]} (rows, columns).")
-                mask = None
-            if mask is not None:
-                bad = sorted(set(np.unique(mask).tolist()) - _CHAOS_SET)
-                if bad:
-                    problems.append(f"{path}: mask values {bad[:20]} are outside the documented set (0 and "
-                                    f"(55, 70], (110, 135], (175, 200], (240, 255]).")
-                    mask = None
-            planes.append(mask)
+        rows_columns = None if series is None else series.volume.shape[1::-1]
+        planes = [_checked_mask(path, rows_columns, problems) for path in masks]
         if series is None or any(p is None for p in planes):
             return None
         raw = np.stack([planes[k].T for k in series.order], axis=-1)
         label = formats.map_labels(raw, CHAOS_MAP, CHAOS_VALUES, str(gt_dir), problems,
-                           described="0 and (55, 70], (110, 135], (175, 200], (240, 255]")
+                                   described="0 and (55, 70], (110, 135], (175, 200], (240, 255]")
         if label is None:
             return None
         image, _, spacing = formats.to_canonical(series.volume, series.affine)
         label, _, _ = formats.to_canonical(label, series.affine)
-        return image, label, spacing
+        return image, label, spacing, folder

@@ -7,7 +7,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar
 
-from benchmark.dataset import Case, FileDatasetAdapter
+from benchmark.dataset import CaseArrays, FileDatasetAdapter
 from benchmark.registry import register_dataset
 
 _FILE = re.compile(r"^(ct|mr)_train_(\d{4})_(image|label)\.nii(\.gz)?$")
@@ -68,9 +68,9 @@ class MMWHS(FileDatasetAdapter):
     }
 
     @cached_property
-    def _found(self) -> dict[tuple[str, str], dict[str, list[Path]]]:
-        """(modality, case ID) -> {"image": [paths], "label": [paths]} for every matching file on disk."""
-        found: dict[tuple[str, str], dict[str, list[Path]]] = {}
+    def _found(self) -> dict[str, dict[str, dict[str, list[Path]]]]:
+        """Modality -> case ID -> {"image": [paths], "label": [paths]} for every matching file on disk."""
+        found: dict[str, dict[str, dict[str, list[Path]]]] = {m: {} for m in self.modalities}
         if not self.root.is_dir():
             return found
         folders = [self.root] + [p for p in sorted(self.root.iterdir()) if p.is_dir()]
@@ -78,40 +78,27 @@ class MMWHS(FileDatasetAdapter):
             for path in sorted(folder.iterdir()):
                 m = _FILE.match(path.name)
                 if m and path.is_file():
-                    found.setdefault((m.group(1), m.group(2)), {"image": [], "label": []})[m.group(3)].append(path)
+                    found[m.group(1)].setdefault(m.group(2), {"image": [], "label": []})[m.group(3)].append(path)
         return found
 
     def _path(self, modality: str, case_id: str, kind: str) -> Path:
-        paths = self._found.get((modality, case_id), {}).get(kind, [])
+        paths = self._found[modality].get(case_id, {}).get(kind, [])
         return paths[0] if paths else self.root / f"{modality}_train" / f"{modality}_train_{case_id}_{kind}.nii.gz"
 
-    def check_files(self) -> list[str]:
-        if self.missing_root():
-            return self.missing_root()
-        problems = []
-        for modality in self.modalities:
-            listed = set(self.listed(modality))
-            for (m, case_id), kinds in sorted(self._found.items()):
-                if m != modality:
-                    continue
-                for paths in kinds.values():
-                    if len(paths) > 1:
-                        problems.append(f"{paths[1]}: a second copy of {paths[0].name} (also at {paths[0].parent}); "
-                                        f"keep one.")
-                if case_id not in listed:
-                    path = (kinds["image"] or kinds["label"])[0]
-                    problems.append(self.unlisted(path, modality, case_id))
-        return problems
+    def subjects_on_disk(self, modality: str) -> dict[str, Path]:
+        return {case_id: (kinds["image"] or kinds["label"])[0]
+                for case_id, kinds in sorted(self._found[modality].items())}
 
-    def read_case(self, modality: str, case_id: str, problems: list[str]) -> Case | None:
+    def file_problems(self) -> list[str]:
+        """Files found twice (in ROOT and in their modality's folder, say)."""
+        return [f"{paths[1]}: a second copy of {paths[0].name} (also at {paths[0].parent}); keep one."
+                for modality in self.modalities for _, kinds in sorted(self._found[modality].items())
+                for paths in kinds.values() if len(paths) > 1]
+
+    def read_files(self, modality: str, case_id: str, problems: list[str]) -> CaseArrays | None:
         from benchmark.formats import read_nifti_pair
 
-        self.check_modality(modality)
-        if self.not_listed(modality, case_id, problems):
-            return None
         image_path = self._path(modality, case_id, "image")
-        label_path = self._path(modality, case_id, "label")
-        read = read_nifti_pair(image_path, label_path, mapping=LABEL_MAP, allowed=RAW_LABELS, problems=problems)
-        if read is None:
-            return None
-        return self.checked_case(modality, case_id, *read, str(image_path), problems)
+        read = read_nifti_pair(image_path, self._path(modality, case_id, "label"), mapping=LABEL_MAP,
+                               allowed=RAW_LABELS, problems=problems)
+        return None if read is None else (*read, image_path)

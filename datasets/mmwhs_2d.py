@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from benchmark.dataset import Case, FileDatasetAdapter
+from benchmark.dataset import CaseArrays, FileDatasetAdapter
 from benchmark.errors import DataError
 from benchmark.registry import register_dataset
 
@@ -114,6 +114,7 @@ class MMWHS2D(FileDatasetAdapter):
               "ct_train_tfs/ct_train_slice0.tfrecords), ROOT/test_ct_image_n_labels/image_ct_1003.nii.gz + "
               "gth_ct_1003.nii.gz (or ROOT/**/ct_1003.npz), likewise for MR")
     preprocessing: ClassVar[dict[str, Any]] = {"clip_low": 0.0, "clip_high": 100.0, "normalise": "none"}
+    subject_kind = "test subject"  # the training subjects are chains of records, never files of their own
 
     # -- finding files -----------------------------------------------------------------------------------------
     def _list_files(self, modality: str) -> list[Path]:
@@ -228,7 +229,7 @@ class MMWHS2D(FileDatasetAdapter):
             return None
         return image, label.astype(np.uint8)
 
-    def _read_test(self, modality: str, case_id: str, problems: list[str]):
+    def _read_test(self, modality: str, case_id: str, problems: list[str]) -> CaseArrays | None:
         from benchmark.formats import affines_match, map_labels, read_nifti, read_npz
 
         entry = self._test_files[modality].get(case_id)
@@ -429,7 +430,7 @@ class MMWHS2D(FileDatasetAdapter):
     def split(self) -> dict[str, dict[str, list[str]]]:
         """Test subjects from the frozen file; training = the chains that survived the leak check."""
         frozen = self._split_file()
-        problems = [p for m in self.modalities for p in self.inventory[m]["problems"]]
+        problems = self.file_problems()
         if problems:
             raise DataError(f"{self.name} at {self.root}: {len(problems)} problem(s) in the training TFRecords, "
                             f"first: {problems[0]} Run `python -m benchmark validate {self.name} --root "
@@ -443,16 +444,19 @@ class MMWHS2D(FileDatasetAdapter):
             return sorted(self._split_file()[modality]["test"])
         return [] if self.inventory[modality]["problems"] else sorted(self.inventory[modality]["chains"])
 
-    def check_files(self) -> list[str]:
-        if self.missing_root():
-            return self.missing_root()
-        problems = [p for m in self.modalities for p in self.inventory[m]["problems"]]
-        frozen = self._split_file()
-        for modality in self.modalities:
-            for case_id, entry in sorted(self._test_files[modality].items()):
-                if case_id not in frozen[modality]["test"]:
-                    problems.append(self.unlisted(entry[1], modality, case_id, "test subject"))
-        return problems
+    def split_cases(self, modality: str) -> list[str]:
+        """The split's test subjects and the training chains, even where faulty TFRecords keep the split unbuilt."""
+        return self._split_file()[modality]["test"] + sorted(self.inventory[modality]["chains"])
+
+    def unknown_case_problem(self, modality: str, case_id: str) -> str:
+        return f"{self.name} has no {modality} case {case_id!r} (training chains and the split's test subjects)."
+
+    def subjects_on_disk(self, modality: str) -> dict[str, Path]:
+        return {case_id: entry[1] for case_id, entry in sorted(self._test_files[modality].items())}
+
+    def file_problems(self) -> list[str]:
+        """The faults of the training TFRecords and their list files."""
+        return [p for m in self.modalities for p in self.inventory[m]["problems"]]
 
     def notes(self) -> list[str]:
         out = []
@@ -469,34 +473,23 @@ class MMWHS2D(FileDatasetAdapter):
                        f"{len(kept)} chains remain for training.")
         return out
 
-    def read_case(self, modality: str, case_id: str, problems: list[str]) -> Case | None:
+    def read_files(self, modality: str, case_id: str, problems: list[str]) -> CaseArrays | None:
         from benchmark.formats import read_tfrecord_at
 
-        self.check_modality(modality)
         if case_id in self._split_file()[modality]["test"]:
-            read = self._read_test(modality, case_id, problems)
-            if read is None:
+            return self._read_test(modality, case_id, problems)
+        files = self.inventory[modality]["files"]
+        images, labels = [], []
+        for fi, offset in self.inventory[modality]["chains"][case_id]:
+            path = Path(files[fi])
+            try:
+                decoded = self._decode(f"{path} (byte {offset})", read_tfrecord_at(path, offset), problems)
+            except DataError as exc:
+                problems.append(str(exc))
                 return None
-            image, label, spacing, source = read
-        elif case_id in self.inventory[modality]["chains"]:
-            files = self.inventory[modality]["files"]
-            images, labels = [], []
-            for fi, offset in self.inventory[modality]["chains"][case_id]:
-                path = Path(files[fi])
-                try:
-                    decoded = self._decode(f"{path} (byte {offset})", read_tfrecord_at(path, offset), problems)
-                except DataError as exc:
-                    problems.append(str(exc))
-                    return None
-                if decoded is None:
-                    return None
-                images.append(decoded[0][:, :, 1])
-                labels.append(decoded[1])
-            image, label = np.stack(images, axis=-1).astype(np.float32), np.stack(labels, axis=-1)
-            spacing, source = (1.0, 1.0, 1.0), f"{self.name} {modality} training {case_id}"
-        else:
-            problems.append(f"{self.name} has no {modality} case {case_id!r} (training chains and the split's test "
-                            f"subjects).")
-            return None
-        return self.checked_case(modality, case_id, image, label, spacing, str(source), problems)
-
+            if decoded is None:
+                return None
+            images.append(decoded[0][:, :, 1])
+            labels.append(decoded[1])
+        image, label = np.stack(images, axis=-1).astype(np.float32), np.stack(labels, axis=-1)
+        return image, label, (1.0, 1.0, 1.0), f"{self.name} {modality} training {case_id}"

