@@ -32,7 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DataError
+from .errors import DataError, UsageError
+from .preprocess import body_crop, normalise_volume
+from .registry import get_dataset
 
 CACHE_ENV = "FSUDA_CACHE"
 INDEX = "index.json"
@@ -82,8 +84,6 @@ class PreprocessSettings:
 
     def resolve(self, adapter=None) -> PreprocessSettings:
         """A copy with every unset field filled from ``adapter.preprocessing``, then :data:`DEFAULTS`; checked."""
-        from .errors import UsageError
-
         chosen = dict(getattr(adapter, "preprocessing", None) or {})
         values = {name: (getattr(self, name) if getattr(self, name) is not None else chosen.get(name, default))
                   for name, default in DEFAULTS.items()}
@@ -128,16 +128,11 @@ def _resize_slices(volume: np.ndarray, size: int, *, labels: int | None = None) 
 
 def _preprocess_one(dataset: str, root: str | None, modality: str, case_id: str,
                     settings: PreprocessSettings) -> dict[str, Any]:
-    from . import registry
-
-    registry.discover(kinds=("datasets",))
-    adapter = registry.DATASETS.get(dataset)(root)
+    adapter = get_dataset(dataset, root)
     case = adapter.load_case(modality, case_id)
     axis = adapter.slice_axis
     image, label, extra = case.image, case.label, {}
     if settings.crop == "body":
-        from .preprocess import body_crop
-
         box = body_crop(image, case.spacing, settings.crop_fov_mm)
         image = image[box]
         if label is not None:
@@ -156,8 +151,6 @@ def _preprocess_one(dataset: str, root: str | None, modality: str, case_id: str,
         label = _resize_slices(np.moveaxis(label, axis, 0), settings.size, labels=n_labels)
     image = _resize_slices(image, settings.size)
     if settings.normalise == "volume":
-        from .preprocess import normalise_volume
-
         image = normalise_volume(image)
     return {"image": image, "label": label, "spacing": spacing, "raw_shape": list(case.image.shape), **extra}
 

@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .leaderboard import build_rows, format_table, write_leaderboards
-    from .protocol import composed_name
+    from .protocol import row_name
     from .runner import build_grid, run_grid, run_lock
     from .store import ResultsStore
 
@@ -125,7 +125,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     states = [store.status(s) for s in specs]
     n_ok, n_failed = states.count("ok"), states.count("failed")
     to_run = len(specs) - n_ok - (0 if args.retry_failed else n_failed)
-    n_methods = len({composed_name(s.method, s.variant, s.plugins) for s in specs})
+    n_methods = len({row_name(s.method, s.variant, s.plugins) for s in specs})
     dims = (f"{n_methods} methods x {len(set(str(s.shots) for s in specs))} shot counts x "
             f"{len(set(s.direction for s in specs))} directions x {len(args.seeds)} seeds"
             + (f" x {len(args.hparam_samples)} hyperparameter samples" if len(args.hparam_samples) > 1 else ""))

@@ -1,6 +1,7 @@
-"""Training batches from the slice cache: labeled source, unlabeled source, unlabeled target, labeled target.
+"""Training batches from the slice cache, one per step, for the streams a method reads.
 
-Every stream is a set of volumes; a batch draws slices uniformly from that set's slices. Labels are returned only
+Every stream is a set of volumes (which ones is the protocol's rule, :mod:`benchmark.streams`); a batch draws
+slices uniformly from that set's slices. Labels are returned only
 for the labeled streams, and target test volumes are never part of any stream. The draw and the augmentation of
 step ``t`` depend only on ``(seed, t, stream)``, which makes a resumed run identical to an uninterrupted one
 and keeps a stream's batches independent of which other streams a method asks for.
@@ -9,7 +10,6 @@ and keeps a stream's batches independent of which other streams a method asks fo
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
@@ -18,31 +18,7 @@ import torch
 
 from .cache import SliceCache
 from .protocol import derive_seed
-
-#: The streams a method can ask for, and whether each carries labels.
-STREAMS = {
-    "source": True,               # the K labeled source training volumes
-    "source_unlabeled": False,    # the other source training volumes
-    "source_all": False,          # every source training volume, images only
-    "target": False,              # every target training volume, unlabeled
-    "target_labeled": True,       # K labeled target training volumes (the oracle reference only)
-}
-
-
-@dataclass
-class Batch:
-    """Tensors (B, 1, H, W) for images and (B, H, W) int64 for labels; absent streams are None."""
-
-    source_x: torch.Tensor | None = None
-    source_y: torch.Tensor | None = None
-    source_unlabeled_x: torch.Tensor | None = None
-    source_all_x: torch.Tensor | None = None
-    target_x: torch.Tensor | None = None
-    target_labeled_x: torch.Tensor | None = None
-    target_labeled_y: torch.Tensor | None = None
-
-    def to(self, device: torch.device | str) -> "Batch":
-        return Batch(**{k: (None if v is None else v.to(device, non_blocking=True)) for k, v in vars(self).items()})
+from .streams import STREAMS, Batch, Stream
 
 
 def build_augmentation(strength: str = "standard"):
@@ -59,14 +35,6 @@ def build_augmentation(strength: str = "standard"):
     ], seed=0)
 
 
-@dataclass
-class Stream:
-    modality: str
-    cases: list[str]
-    labeled: bool
-    slices: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-
-
 class BatchSampler:
     """Draws the batch for step ``t`` of a trial from the streams a method needs."""
 
@@ -77,8 +45,10 @@ class BatchSampler:
                 raise ValueError(f"Unknown stream {name!r}; streams are {', '.join(STREAMS)}.")
             if not stream.cases:
                 raise ValueError(f"Stream {name!r} has no volumes.")
-            stream.slices = np.concatenate(
-                [np.arange(r.start, r.stop) for r in (cache.slice_range(stream.modality, c) for c in stream.cases)])
+        #: The slice indices (into the modality's cache arrays) each stream draws from.
+        self.slices = {name: np.concatenate([np.arange(r.start, r.stop) for r in
+                                             (cache.slice_range(stream.modality, c) for c in stream.cases)])
+                       for name, stream in streams.items()}
         self.cache, self.streams, self.batch_size, self.seed = cache, streams, batch_size, seed
         self.augment = build_augmentation(augment)
 
@@ -89,7 +59,8 @@ class BatchSampler:
             rng = np.random.default_rng(derive_seed("batch", self.seed, step, name))
             if self.augment is not None:
                 self.augment.set_random_seed(derive_seed("augment", self.seed, step, name))
-            idx = np.sort(rng.choice(stream.slices, size=self.batch_size, replace=len(stream.slices) < self.batch_size))
+            slices = self.slices[name]
+            idx = np.sort(rng.choice(slices, size=self.batch_size, replace=len(slices) < self.batch_size))
             images = np.asarray(self.cache.array(stream.modality, "images")[idx], dtype=np.float32)
             labels = (np.asarray(self.cache.array(stream.modality, "labels")[idx], dtype=np.uint8)
                       if STREAMS[name] else None)

@@ -7,7 +7,8 @@ holds only what is specific to the method. A method
 * is constructed from a :class:`MethodContext` (channels, classes, device, a backbone factory, the step budget)
   and its resolved hyperparameters;
 * declares the data streams it consumes (``streams``: ``source``, ``source_unlabeled``, ``source_all``,
-  ``target``, ``target_labeled``; see :data:`benchmark.data.STREAMS`) so the loader builds only those;
+  ``target``, ``target_labeled``; :mod:`benchmark.streams` says which volumes feed each) so the loader
+  builds only those;
 * declares its hyperparameters beside its code in ``HPARAMS`` (merged along the class hierarchy);
 * creates its optimizers in ``__init__`` and lists them in ``self.optimizers`` (the trainer schedules them);
 * may run in stages: ``self.total_steps`` (default: the preset's steps, ``ctx.total_steps``) is how many steps
@@ -39,11 +40,13 @@ from typing import Any, Callable, ClassVar, Sequence
 import torch
 from torch import nn
 
-from .data import Batch
+from .blocks import OutputDiscriminator, gan_loss, set_requires_grad
 from .errors import PluginHostError
 from .hparams import HParam, log_uniform, uniform
 from .losses import dice_ce_loss
 from .models import Segmenter
+from .protocol import row_name
+from .streams import Batch
 
 
 @dataclass
@@ -237,7 +240,7 @@ class Method(nn.Module):
 
 def plugin_host_error(method: str, plugins: Sequence[str], problem: str) -> PluginHostError:
     """The one-paragraph error for a method that cannot host ``plugins``, saying why (``problem``)."""
-    composed = "+".join([method, *plugins])
+    composed = row_name(method, "", [{"name": p} for p in plugins])
     return PluginHostError(
         f"Plug-in {'+'.join(plugins)!r} cannot attach to method {method!r} ({composed}): {problem}. A plug-in needs "
         f"a method built around a segmenter, whose features() returns the segmenter's last decoder features and "
@@ -318,18 +321,40 @@ class SegmenterMethod(Method):
 class OutputAdversaryMethod(SegmenterMethod):
     """A segmenter plus a fully convolutional discriminator on its output maps (AdaptSegNet, ADVENT).
 
-    The discriminator's Adam optimizer (betas 0.9, 0.99, as in both papers) is ``self.optimizers[1]``.
+    The discriminator's Adam optimizer (betas 0.9, 0.99, as in both papers) is ``self.optimizers[1]``;
+    :meth:`adversarial_step` is the training step both papers share.
     """
 
     HPARAMS = {"d_lr": HParam(1e-4, log_uniform(3e-5, 3e-4), "discriminator learning rate (papers: 1e-4)")}
 
     def __init__(self, ctx: MethodContext, hparams: dict[str, Any]):
-        from .blocks import OutputDiscriminator
-
         super().__init__(ctx, hparams)
         self.discriminator = OutputDiscriminator(ctx.num_classes)
         self.optimizers.append(
             torch.optim.Adam(self.discriminator.parameters(), lr=hparams["d_lr"], betas=(0.9, 0.99)))
+
+    def adversarial_step(self, supervised: torch.Tensor, source_map: torch.Tensor, target_map: torch.Tensor,
+                         weight: float, kind: str = "vanilla") -> dict[str, float]:
+        """One step of the segmenter, then one of the discriminator, on output maps of source and target images.
+
+        The segmenter descends ``supervised + weight * adv``, where ``adv`` is the GAN loss (``kind``) that labels
+        the discriminator's scores on ``target_map`` "source" (the discriminator frozen meanwhile); then the
+        discriminator learns to tell ``source_map`` ("real") from ``target_map`` ("fake"), both detached. Returns
+        ``adv`` and the discriminator's loss ``disc``.
+        """
+        opt_s, opt_d = self.optimizers[0], self.optimizers[1]
+        set_requires_grad(self.discriminator, False)
+        adv = gan_loss(self.discriminator(target_map), real=True, kind=kind)
+        opt_s.zero_grad(set_to_none=True)
+        (supervised + weight * adv).backward()
+        opt_s.step()
+        set_requires_grad(self.discriminator, True)
+        d_loss = 0.5 * (gan_loss(self.discriminator(source_map.detach()), real=True, kind=kind)
+                        + gan_loss(self.discriminator(target_map.detach()), real=False, kind=kind))
+        opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        opt_d.step()
+        return {"adv": adv.item(), "disc": d_loss.item()}
 
 
 class SupervisedMethod(SegmenterMethod):

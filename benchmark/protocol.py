@@ -126,19 +126,26 @@ class TrialSpec:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     @property
+    def row_name(self) -> str:
+        """The name of the leaderboard row this trial belongs to (see :func:`row_name`)."""
+        return row_name(self.method, self.variant, self.plugins, self.hparam_sample)
+
+    @property
     def label(self) -> str:
         """A short human-readable name: ``synthetic-heart/mr2ct/source_only/4shot/seed0``."""
-        hp = f"/hp{self.hparam_sample}" if self.hparam_sample else ""
-        method = composed_name(self.method, self.variant, self.plugins)
-        return f"{self.dataset}/{self.direction}/{method}/{self.shots}shot/seed{self.seed}{hp}"
+        return f"{self.dataset}/{self.direction}/{self.row_name}/{self.shots}shot/seed{self.seed}"
 
 
-def composed_name(method: str, variant: str = "", plugins: Sequence[dict[str, Any]] = ()) -> str:
-    """The row name of a method with its variant and plug-ins: ``metahallu:meta=false+cdtg:blend=0.3``."""
+def row_name(method: str, variant: str = "", plugins: Sequence[dict[str, Any]] = (), hparam_sample: int = 0) -> str:
+    """The one spelling of a leaderboard row's method: ``metahallu:meta=false+cdtg:blend=0.3``, then ``@hp<k>``.
+
+    A method's variant (its command-line settings) follows it after ``:``, each plug-in follows after ``+`` with its
+    own variant, and a hyperparameter sample ``k != 0`` is appended as ``@hp<k>``.
+    """
     parts = [f"{method}:{variant}" if variant else method]
     for p in plugins or ():
         parts.append(f"{p['name']}:{p['variant']}" if p.get("variant") else str(p["name"]))
-    return "+".join(parts)
+    return "+".join(parts) + (f"@hp{hparam_sample}" if hparam_sample else "")
 
 
 def parse_method_variant(text: str, *, entry: str | None = None, what: str = "method"

@@ -29,7 +29,8 @@ from . import registry
 from .errors import UsageError
 from .hparams import resolve
 from .presets import get_preset
-from .protocol import SELECTION_POLICIES, TrialSpec, format_variant, parse_direction, parse_method_entry, parse_shots
+from .protocol import (SELECTION_POLICIES, TrialSpec, format_variant, parse_direction, parse_method_entry,
+                       parse_shots, row_name)
 from .registry import REPO_ROOT
 from .store import ResultsStore
 
@@ -43,8 +44,7 @@ def build_grid(*, dataset: str, methods: Sequence[str], shots: Sequence[int | st
                hparam_overrides: dict[str, Any] | None = None) -> list[TrialSpec]:
     """Every trial of a run, validated: unknown names and impossible shot counts fail before anything runs."""
     registry.discover()
-    adapter_cls = registry.DATASETS.get(dataset)
-    adapter = adapter_cls(data_root)
+    adapter = registry.get_dataset(dataset, data_root)
     modalities = adapter.modalities
     if directions is None:
         directions = [f"{a}2{b}" for a, b in itertools.permutations(modalities, 2)]
@@ -52,11 +52,7 @@ def build_grid(*, dataset: str, methods: Sequence[str], shots: Sequence[int | st
     # (canonical method, variant, plug-ins with their variants) -> (method settings, plug-in settings), in order
     entries: dict[tuple, tuple[dict[str, Any], list[tuple[str, str, dict[str, Any]]]]] = {}
     for entry in methods:
-        (name, given), plugin_parts = parse_method_entry(entry)
-        name = registry.METHODS.canonical(name)
-        values = resolve(registry.METHODS.get(name).declared_hparams(), 0, given, owner=f"Method {name!r}")
-        overrides = {k: values[k] for k in given}
-        plugins = _resolve_plugins(name, plugin_parts, entry)
+        name, overrides, plugins = resolve_entry(entry)
         key = (name, format_variant(overrides), tuple((p, v) for p, v, _ in plugins))
         entries.setdefault(key, (overrides, plugins))
     shots = [parse_shots(s) for s in shots]
@@ -82,10 +78,24 @@ def build_grid(*, dataset: str, methods: Sequence[str], shots: Sequence[int | st
                     specs.append(TrialSpec(
                         dataset=dataset, direction=direction, method=method, shots=k, seed=int(seed),
                         preset=preset, hparam_sample=int(sample), hparams=hparams, selection=SELECTION_POLICIES[0],
-                        dataset_version=adapter_cls.version, method_version=cls.version,
+                        dataset_version=adapter.version, method_version=cls.version,
                         preset_settings=settings, data_root=str(Path(data_root).resolve()) if data_root else None,
                         variant=variant, plugins=plugin_specs))
     return specs
+
+
+def resolve_entry(entry: str) -> tuple[str, dict[str, Any], list[tuple[str, str, dict[str, Any]]]]:
+    """A ``--methods`` entry as (canonical method, its settings, [(canonical plug-in, variant, settings)]), checked."""
+    (name, given), plugin_parts = parse_method_entry(entry)
+    name = registry.METHODS.canonical(name)
+    values = resolve(registry.METHODS.get(name).declared_hparams(), 0, given, owner=f"Method {name!r}")
+    return name, {k: values[k] for k in given}, _resolve_plugins(name, plugin_parts, entry)
+
+
+def entry_row_name(entry: str) -> str:
+    """The row name (:func:`benchmark.protocol.row_name`) that trials of a ``--methods`` entry carry."""
+    name, overrides, plugins = resolve_entry(entry)
+    return row_name(name, format_variant(overrides), [{"name": p, "variant": v} for p, v, _ in plugins])
 
 
 def _resolve_plugins(method: str, parts: list[tuple[str, dict[str, str]]], entry: str
@@ -285,7 +295,7 @@ def _prepare_caches(specs: list[TrialSpec], log: Callable[[str], None]) -> None:
 
     needed = {(s.dataset, s.data_root, s.preset_settings["size"]) for s in specs}
     for dataset, root, size in sorted(needed, key=str):
-        prepare(registry.DATASETS.get(dataset)(root), PreprocessSettings(size=size), log=log)
+        prepare(registry.get_dataset(dataset, root), PreprocessSettings(size=size), log=log)
 
 
 __all__ = ["build_grid", "run_grid", "execute_trial", "choose_device", "run_lock", "RunSummary"]

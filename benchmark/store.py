@@ -130,11 +130,6 @@ class ResultsStore:
             if (d / DONE).exists() and (d / RESULT).exists():
                 yield json.loads((d / RESULT).read_text())
 
-    def incomplete(self) -> list[str]:
-        if not self.trials.is_dir():
-            return []
-        return sorted(d.name for d in self.trials.iterdir() if d.is_dir() and not (d / DONE).exists())
-
 
 def human_size(path: Path) -> str:
     total = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())

@@ -20,43 +20,19 @@ import torch
 
 from . import registry
 from .cache import PreprocessSettings, SliceCache, prepare
-from .data import Batch, BatchSampler, Stream
-from .errors import TrialDiverged, UsageError
+from .data import BatchSampler
+from .errors import TrialDiverged
 from .io import atomic_write_bytes
 from .method import Method, MethodContext
 from .metrics import evaluate_volume, mean_over_structures
 from .models import build_segmenter
-from .protocol import TrialSpec, derive_seed, parse_direction, select_labeled
+from .protocol import TrialSpec, derive_seed, parse_direction
+from .streams import Batch, build_streams
 
 CHECKPOINT = "checkpoint.pt"
 #: The final weights of a trial (``{"method": state_dict, "step": steps}``), kept after it finishes for inspection.
 FINAL_WEIGHTS = "model.pt"
 Reporter = Callable[[dict[str, Any]], None]
-
-
-def build_streams(adapter, spec: TrialSpec, wanted: tuple[str, ...]) -> dict[str, Stream]:
-    """The volumes of each stream a method asked for, following the protocol's few-shot rules."""
-    source, target = parse_direction(spec.direction, adapter.modalities)
-    src_train = adapter.cases(source, "train")
-    labeled = select_labeled(src_train, spec.shots, spec.seed, dataset=adapter.name, modality=source)
-    streams: dict[str, Stream] = {}
-    for name in wanted:
-        if name == "source":
-            streams[name] = Stream(source, labeled, True)
-        elif name == "source_unlabeled":
-            rest = [c for c in src_train if c not in labeled]
-            # with shots=all no source volume is left unlabeled: the labeled volumes' images serve instead
-            streams[name] = Stream(source, rest or list(labeled), False)
-        elif name == "source_all":
-            streams[name] = Stream(source, list(src_train), False)
-        elif name == "target":
-            streams[name] = Stream(target, adapter.cases(target, "train"), False)
-        elif name == "target_labeled":
-            streams[name] = Stream(target, select_labeled(adapter.cases(target, "train"), spec.shots, spec.seed,
-                                                          dataset=adapter.name, modality=target), True)
-        else:
-            raise UsageError(f"Method {spec.method!r} asks for an unknown data stream {name!r}.")
-    return streams
 
 
 def lr_lambda(warmup: int, total: int, start: int = 0) -> Callable[[int], float]:
@@ -135,43 +111,50 @@ def build_method(spec: TrialSpec, ctx: MethodContext) -> Method:
     return method
 
 
-def run_trial(spec: TrialSpec, trial_dir: Path, *, device: torch.device | str = "cpu",
-              report: Reporter | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train and evaluate one trial; returns the result fields of its record (summary, volumes, timing)."""
-    t0 = time.perf_counter()
-    device = torch.device(device)
-    settings = spec.preset_settings
-    registry.discover()
-    adapter = registry.DATASETS.get(spec.dataset)(spec.data_root)
-    method_cls = registry.METHODS.get(spec.method)
-    cache = prepare(adapter, PreprocessSettings(size=settings["size"]), workers=1, log=log)
-    _, target = parse_direction(spec.direction, adapter.modalities)
-    sampler = BatchSampler(cache, build_streams(adapter, spec, method_cls.streams), settings["batch_size"],
-                           spec.seed, settings.get("augment", "standard"))
-
-    ctx = method_context(spec, adapter, cache, device)
-    torch.manual_seed(derive_seed("init", spec.seed))
-    method = build_method(spec, ctx).to(device)
+def build_schedulers(method: Method, warmup: int) -> list[torch.optim.lr_scheduler.LambdaLR]:
+    """One warm-up + decay schedule per optimizer of ``method``, over its span of steps."""
     total = int(method.total_steps)
     spans = method.optimizer_spans or [(0, total)] * len(method.optimizers)
     if len(spans) != len(method.optimizers):
-        raise ValueError(f"Method {spec.method!r} gives {len(spans)} optimizer spans for "
+        raise ValueError(f"Method {method.name!r} gives {len(spans)} optimizer spans for "
                          f"{len(method.optimizers)} optimizers.")
-    schedulers = [torch.optim.lr_scheduler.LambdaLR(o, lr_lambda(settings["warmup_steps"], end - begin, begin))
-                  for o, (begin, end) in zip(method.optimizers, spans)]
+    return [torch.optim.lr_scheduler.LambdaLR(o, lr_lambda(warmup, end - begin, begin))
+            for o, (begin, end) in zip(method.optimizers, spans)]
 
+
+def _save_checkpoint(path: Path, method: Method, schedulers: list, step: int, train_s: float) -> None:
+    _atomic_torch_save({"method": method.state_dict(), "step": step,
+                        "optimizers": [o.state_dict() for o in method.optimizers],
+                        "schedulers": [s.state_dict() for s in schedulers], "train_s": train_s}, path)
+
+
+def _resume(path: Path, method: Method, schedulers: list, device: torch.device) -> tuple[int, float]:
+    """Load the trial's own checkpoint into ``method`` and its schedules; (step, training seconds) to go on from."""
+    if not path.exists():
+        return 0, 0.0
+    state = torch.load(path, map_location=device, weights_only=True)
+    method.load_state_dict(state["method"])
+    for opt, s in zip(method.optimizers, state["optimizers"]):
+        opt.load_state_dict(s)
+    for sch, s in zip(schedulers, state["schedulers"]):
+        sch.load_state_dict(s)
+    return state["step"], state["train_s"]
+
+
+def train(spec: TrialSpec, method: Method, sampler: BatchSampler, trial_dir: Path, device: torch.device, *,
+          report: Reporter | None = None, log: Callable[[str], None] = print) -> tuple[dict[str, float], float]:
+    """Run (or resume) the training loop of a trial; returns the last step's losses and the training seconds.
+
+    Step ``t`` re-seeds torch from ``(seed, t)`` and draws its batch from the sampler's step ``t``; a checkpoint is
+    written atomically every ``checkpoint_every`` steps, so an interrupted trial resumes exactly where it stopped.
+    """
+    settings = spec.preset_settings
+    total = int(method.total_steps)
+    schedulers = build_schedulers(method, settings["warmup_steps"])
     ckpt_path = Path(trial_dir) / CHECKPOINT
-    start, train_s = 0, 0.0
-    if ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=device, weights_only=False)
-        method.load_state_dict(state["method"])
-        for opt, s in zip(method.optimizers, state["optimizers"]):
-            opt.load_state_dict(s)
-        for sch, s in zip(schedulers, state["schedulers"]):
-            sch.load_state_dict(s)
-        start, train_s = state["step"], state["train_s"]
+    start, train_s = _resume(ckpt_path, method, schedulers, device)
+    if start:
         log(f"[{spec.label}] resuming from step {start}")
-
     t_train = time.perf_counter()
     losses: dict[str, float] = {}
     for step in range(start, total):
@@ -190,19 +173,35 @@ def run_trial(spec: TrialSpec, trial_dir: Path, *, device: torch.device | str = 
             for sch in schedulers:
                 sch.step()
         done = step + 1
+        elapsed = train_s + time.perf_counter() - t_train
         if done % settings["checkpoint_every"] == 0 and done < total:
-            _atomic_torch_save({"method": method.state_dict(), "step": done,
-                                "optimizers": [o.state_dict() for o in method.optimizers],
-                                "schedulers": [s.state_dict() for s in schedulers],
-                                "train_s": train_s + time.perf_counter() - t_train}, ckpt_path)
+            _save_checkpoint(ckpt_path, method, schedulers, done, elapsed)
         if done % settings["log_every"] == 0 or done == total:
-            elapsed = train_s + time.perf_counter() - t_train
             log(f"[{spec.label}] step {done}/{total} " + " ".join(f"{k}={v:.4f}" for k, v in losses.items())
                 + f" ({elapsed:.0f}s)")
             if report is not None:
                 report({"step": done, **losses})
-    train_s += time.perf_counter() - t_train
-    _atomic_torch_save({"method": method.state_dict(), "step": total}, Path(trial_dir) / FINAL_WEIGHTS)
+    return losses, train_s + time.perf_counter() - t_train
+
+
+def run_trial(spec: TrialSpec, trial_dir: Path, *, device: torch.device | str = "cpu",
+              report: Reporter | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train and evaluate one trial; returns the result fields of its record (summary, volumes, timing)."""
+    t0 = time.perf_counter()
+    device = torch.device(device)
+    settings = spec.preset_settings
+    registry.discover()
+    adapter = registry.get_dataset(spec.dataset, spec.data_root)
+    cache = prepare(adapter, PreprocessSettings(size=settings["size"]), workers=1, log=log)
+    _, target = parse_direction(spec.direction, adapter.modalities)
+    streams = build_streams(adapter, spec, registry.METHODS.get(spec.method).streams)
+    sampler = BatchSampler(cache, streams, settings["batch_size"], spec.seed, settings.get("augment", "standard"))
+    torch.manual_seed(derive_seed("init", spec.seed))
+    method = build_method(spec, method_context(spec, adapter, cache, device)).to(device)
+
+    losses, train_s = train(spec, method, sampler, trial_dir, device, report=report, log=log)
+    _atomic_torch_save({"method": method.state_dict(), "step": int(method.total_steps)},
+                       Path(trial_dir) / FINAL_WEIGHTS)
 
     t_eval = time.perf_counter()
     volumes = evaluate(method, cache, adapter, target, device, settings["eval_batch_size"])

@@ -19,9 +19,12 @@ import numpy as np
 import torch
 
 from . import registry
+from .cache import PreprocessSettings, prepare
 from .errors import BenchmarkError, UsageError
-from .protocol import TrialSpec, derive_seed, parse_direction, parse_method_entry, select_labeled
+from .protocol import TrialSpec, derive_seed, parse_direction, row_name, select_labeled
+from .runner import entry_row_name
 from .store import ResultsStore
+from .trainer import FINAL_WEIGHTS, build_method, method_context
 
 #: Width and height of one panel, in inches at :data:`DPI`.
 PANEL_INCHES, DPI = 2.4, 100
@@ -46,17 +49,16 @@ def find_trial(store: ResultsStore, method: str | None = None, *, trial_id: str 
         if record is None:
             raise UsageError(f"No finished trial {trial_id!r} in {store.trials}; `python -m benchmark leaderboard "
                              f"{store.root}` lists what finished there.")
-        if method is not None and _composition(record["config"]) != _wanted_composition(method):
-            raise UsageError(f"Trial {trial_id} is a {record['label'].split('/')[2]} trial, not {method}.")
+        if method is not None and _row(record["config"]) != entry_row_name(method):
+            raise UsageError(f"Trial {trial_id} is a {_row(record['config'])} trial, not {method}.")
     else:
         if method is None:
             raise UsageError("Name a method (e.g. `visualize metahallu`) or a trial (--trial ID).")
-        composition = _wanted_composition(method)
-        method = "+".join(composition)
+        method = entry_row_name(method)
         wanted = {"dataset": dataset, "direction": direction,
                   "shots": None if shots is None else str(shots), "seed": seed, "preset": preset,
                   "hparam_sample": hparam_sample}
-        records = [r for r in store.records() if _composition(r["config"]) == composition]
+        records = [r for r in store.records() if _row(r["config"]) == method]
         matches = [r for r in records
                    if all(v is None or str(r["config"][k]) == str(v) for k, v in wanted.items())]
         if not matches:
@@ -78,33 +80,24 @@ def find_trial(store: ResultsStore, method: str | None = None, *, trial_id: str 
     return record
 
 
-def _composition(config: dict[str, Any]) -> tuple[str, ...]:
-    """A trial's method and plug-in names: ``("metahallu", "cdtg")``."""
-    return (config["method"], *(p["name"] for p in config.get("plugins", [])))
-
-
-def _wanted_composition(text: str) -> tuple[str, ...]:
-    """The canonical method and plug-in names of a ``visualize`` argument such as ``metahallu+cdtg``."""
-    (name, _), plugins = parse_method_entry(text)
-    return (registry.METHODS.canonical(name), *(registry.PLUGINS.canonical(p) for p, _ in plugins))
+def _row(config: dict[str, Any]) -> str:
+    """A trial's row name without its hyperparameter sample (which ``--hparam-sample`` selects)."""
+    return row_name(config["method"], config.get("variant", ""), config.get("plugins", ()))
 
 
 def load_trial_method(store: ResultsStore, record: dict[str, Any], device: str = "cpu"):
     """(method with the trial's final weights, spec, adapter, slice cache) of a finished trial."""
-    from .cache import PreprocessSettings, prepare
-    from .trainer import FINAL_WEIGHTS, build_method, method_context
-
     spec = TrialSpec.from_dict(record["config"])
     weights = store.trials / spec.trial_id / FINAL_WEIGHTS
     if not weights.exists():
         raise UsageError(f"Trial {spec.trial_id} ({spec.label}) kept no final weights ({weights} is missing); it "
                          f"finished before trials kept them. Run it again into a new --out directory to inspect it.")
     registry.discover()
-    adapter = registry.DATASETS.get(spec.dataset)(spec.data_root)
+    adapter = registry.get_dataset(spec.dataset, spec.data_root)
     settings = spec.preset_settings
     cache = prepare(adapter, PreprocessSettings(size=settings["size"]), workers=1, log=lambda s: None)
     method = build_method(spec, method_context(spec, adapter, cache, torch.device(device))).to(device)
-    state = torch.load(weights, map_location=device, weights_only=False)
+    state = torch.load(weights, map_location=device, weights_only=True)
     try:
         method.load_state_dict(state["method"])
     except RuntimeError as exc:
@@ -270,8 +263,7 @@ def visualize(out: str | Path, method: str | None = None, *, trial_id: str | Non
     store = ResultsStore(out)
     record = find_trial(store, method, trial_id=trial_id, **selection)
     model, spec, adapter, cache = load_trial_method(store, record)
-    composed = "+".join(_composition(record["config"]))
-    name = f"{composed}_{spec.direction}_{spec.shots}shot_seed{spec.seed}_{spec.trial_id}.png"
+    name = f"{spec.row_name}_{spec.direction}_{spec.shots}shot_seed{spec.seed}_{spec.trial_id}.png"
     path = Path(png) if png else out / "figures" / name
     columns = render(model, spec, adapter, cache, path, rows, record.get("summary"))
     return Figure(path, rows, columns, spec.trial_id)

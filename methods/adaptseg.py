@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-
-from benchmark.blocks import gan_loss, set_requires_grad
 from benchmark.hparams import HParam, choice, log_uniform
 from benchmark.losses import dice_ce_loss
 from benchmark.method import OutputAdversaryMethod
@@ -33,22 +31,11 @@ class AdaptSeg(OutputAdversaryMethod):
     }
 
     def update(self, batch, step):
-        opt_s, opt_d = self.optimizers
         hp = self.hparams
-        # segmenter: supervised on source, fool the discriminator on target
-        set_requires_grad(self.discriminator, False)
         logits_s = self.segmenter(batch.source_x)
         logits_t = self.segmenter(batch.target_x)
         seg = dice_ce_loss(logits_s, batch.source_y, hp["dice_weight"])
-        adv = gan_loss(self.discriminator(logits_t.softmax(1)), real=True, kind=hp["gan"])
-        opt_s.zero_grad(set_to_none=True)
-        (seg + hp["adv_weight"] * adv).backward()
-        opt_s.step()
-        # discriminator: source maps are "real", target maps "fake"
-        set_requires_grad(self.discriminator, True)
-        d_loss = 0.5 * (gan_loss(self.discriminator(logits_s.detach().softmax(1)), real=True, kind=hp["gan"])
-                        + gan_loss(self.discriminator(logits_t.detach().softmax(1)), real=False, kind=hp["gan"]))
-        opt_d.zero_grad(set_to_none=True)
-        d_loss.backward()
-        opt_d.step()
-        return {"seg": seg.item(), "adv": adv.item(), "disc": d_loss.item()}
+        # the discriminator learns source softmax maps as "real", target ones as "fake"; the segmenter, to fool it
+        adv = self.adversarial_step(seg, logits_s.detach().softmax(1), logits_t.softmax(1), hp["adv_weight"],
+                                    hp["gan"])
+        return {"seg": seg.item(), **adv}

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-
-from benchmark.blocks import entropy_map, gan_loss, set_requires_grad
+from benchmark.blocks import entropy_map
 from benchmark.hparams import HParam, choice, log_uniform
 from benchmark.losses import dice_ce_loss
 from benchmark.method import OutputAdversaryMethod
@@ -38,7 +37,6 @@ class Advent(OutputAdversaryMethod):
         super().__init__(ctx, hparams)
 
     def update(self, batch, step):
-        opt_s, opt_d = self.optimizers
         hp = self.hparams
         logits_s = self.segmenter(batch.source_x)
         logits_t = self.segmenter(batch.target_x)
@@ -47,19 +45,9 @@ class Advent(OutputAdversaryMethod):
         losses = {"seg": seg.item()}
         if hp["variant"] == "minent":
             ent = ent_t.sum(1).mean()
+            opt_s = self.optimizers[0]
             opt_s.zero_grad(set_to_none=True)
             (seg + hp["ent_weight"] * ent).backward()
             opt_s.step()
             return {**losses, "entropy": ent.item()}
-        set_requires_grad(self.discriminator, False)
-        adv = gan_loss(self.discriminator(ent_t), real=True, kind="vanilla")
-        opt_s.zero_grad(set_to_none=True)
-        (seg + hp["adv_weight"] * adv).backward()
-        opt_s.step()
-        set_requires_grad(self.discriminator, True)
-        d_loss = 0.5 * (gan_loss(self.discriminator(entropy_map(logits_s.detach())), real=True, kind="vanilla")
-                        + gan_loss(self.discriminator(ent_t.detach()), real=False, kind="vanilla"))
-        opt_d.zero_grad(set_to_none=True)
-        d_loss.backward()
-        opt_d.step()
-        return {**losses, "adv": adv.item(), "disc": d_loss.item()}
+        return {**losses, **self.adversarial_step(seg, entropy_map(logits_s.detach()), ent_t, hp["adv_weight"])}

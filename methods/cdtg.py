@@ -57,7 +57,7 @@ class CDTG(Plugin):
 
     Cost: one extra forward and backward pass of the host's segmenter on the labeled batch per step (the
     plug-in cannot reuse the host's graph, which differs per method), plus one forward pass at inference when the
-    head is on: at the ``quick`` preset a ``source_only+cdtg`` step takes about twice a ``source_only`` step.
+    head is on.
     """
 
     version = "1"

@@ -9,7 +9,8 @@ import json
 import torch
 import torch.nn.functional as F
 
-from benchmark.blocks import ImagePool, PatchDiscriminator, ResnetGenerator, gan_loss, set_requires_grad
+from benchmark.blocks import (ImagePool, PatchDiscriminator, ResnetGenerator, gan_adam, gan_loss,
+                              set_requires_grad)
 from benchmark.hparams import HParam, choice, log_uniform, uniform
 from benchmark.io import atomic_write_bytes
 from benchmark.losses import dice_ce_loss
@@ -35,17 +36,18 @@ class CycleGANUDA(SegmenterMethod):
     on the shot count or the segmenter), so it is saved under the slice cache's ``artifacts/`` folder and
     reused by every trial that shares those, which then skips stage 1.
 
-    Deliberate differences: generators are narrower (``gen_width`` 8) and shallower (``gen_blocks`` 2) than the
-    paper's 64-wide, 9-block ones for 2D slices of 64-256 pixels, and feed their input image to their output
-    layer (``input_skip``): without that long skip, a translator trained for a few hundred steps returned blurred
-    images that lost the anatomy the labels describe; the translator's learning rate is 1e-3, not 2e-4, and
-    follows the trainer's warm-up and polynomial decay instead of CycleGAN's constant-then-linear schedule,
-    because it gets a few hundred (quick preset) to a few thousand steps, not 200 epochs; a small identity loss
-    (``identity_weight`` 0.1, the paper's 0.5 being meant to keep the colours of photo<->painting): between
-    modalities the intensities must change, but cycle consistency alone also accepts a translator that swaps
-    the contrast of structures (on the synthetic heart, 16-wide generators without it inverted the blood pools
-    for one seed in three, and that seed's segmenter scored a Dice of 0.03-0.07), and a weak pull towards the
-    identity makes that solution costlier; single-channel slices and Dice + cross-entropy.
+    Deliberate differences:
+
+    * Generators narrower (``gen_width`` 8) and shallower (``gen_blocks`` 2) than the paper's 64-wide, 9-block
+      ones, for 2D slices of 64-256 pixels.
+    * The generators feed their input image to their output layer (``input_skip``), so that a translator trained
+      for a few hundred steps keeps the anatomy the labels describe.
+    * Learning rate 1e-3, not 2e-4, under the trainer's warm-up and polynomial decay instead of CycleGAN's
+      constant-then-linear schedule: a few hundred to a few thousand steps, not 200 epochs.
+    * A small identity loss (``identity_weight`` 0.1; the paper's 0.5 keeps the colours of photo<->painting):
+      between modalities intensities must change, but cycle consistency alone also accepts a translator that
+      swaps the contrast of structures, and a weak pull towards the identity makes that solution costlier.
+    * Single-channel slices; Dice + cross-entropy.
     """
 
     version = "3"
@@ -74,8 +76,7 @@ class CycleGANUDA(SegmenterMethod):
         self.d_t = PatchDiscriminator(c, hp["gen_width"])
         g_params = list(self.g_st.parameters()) + list(self.g_ts.parameters())
         d_params = list(self.d_s.parameters()) + list(self.d_t.parameters())
-        self.optimizers += [torch.optim.Adam(g_params, lr=hp["g_lr"], betas=(0.5, 0.999)),
-                            torch.optim.Adam(d_params, lr=hp["g_lr"], betas=(0.5, 0.999))]
+        self.optimizers += [gan_adam(g_params, hp["g_lr"]), gan_adam(d_params, hp["g_lr"])]
         self.pool_s, self.pool_t = ImagePool(hp["pool_size"], seed=1), ImagePool(hp["pool_size"], seed=2)
         self.translate_steps = int(round(hp["translate_ratio"] * ctx.total_steps))
         self.total_steps = self.translate_steps + ctx.total_steps

@@ -6,13 +6,116 @@ from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from benchmark.blocks import (AdaINDecoder, ContentEncoder, OutputDiscriminator, PatchDiscriminator, StyleEncoder,
-                              gan_loss, set_requires_grad)
+from benchmark.blocks import (OutputDiscriminator, PatchDiscriminator, ResidualBlock, gan_adam, gan_loss,
+                              set_requires_grad)
 from benchmark.hparams import HParam, log_uniform, uniform
 from benchmark.losses import dice_ce_loss
 from benchmark.method import SegmenterMethod
 from benchmark.registry import register_method
+
+# --- disentangled content/style translation (MUNIT; Huang, Liu, Belongie, Kautz, ECCV 2018) ---------------------
+
+
+def adain(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Adaptive instance normalisation: ``x`` (B, C, H, W) normalised per image and channel, then scaled by
+    ``1 + gamma`` and shifted by ``beta`` (B, C) (Huang and Belongie, ICCV 2017; the ``1 +`` starts at identity)."""
+    mean = x.mean((2, 3), keepdim=True)
+    std = (x.var((2, 3), keepdim=True, unbiased=False) + eps).sqrt()
+    return (x - mean) / std * (1 + gamma[:, :, None, None]) + beta[:, :, None, None]
+
+
+class ContentEncoder(nn.Module):
+    """Image -> content map (B, width * 2**downsample, H / 2**downsample, W / 2**downsample).
+
+    MUNIT's content encoder: a 7x7 convolution (``in_kernel``), ``downsample`` stride-2 4x4 convolutions and
+    ``blocks`` residual blocks, all with instance normalisation, which removes per-image style statistics from the
+    content.
+    """
+
+    def __init__(self, in_ch: int = 1, width: int = 16, downsample: int = 2, blocks: int = 2, in_kernel: int = 7):
+        super().__init__()
+        layers: list[nn.Module] = [nn.ReflectionPad2d(in_kernel // 2), nn.Conv2d(in_ch, width, in_kernel),
+                                   nn.InstanceNorm2d(width), nn.ReLU(inplace=True)]
+        ch = width
+        for _ in range(downsample):
+            layers += [nn.ReflectionPad2d(1), nn.Conv2d(ch, ch * 2, 4, stride=2), nn.InstanceNorm2d(ch * 2),
+                       nn.ReLU(inplace=True)]
+            ch *= 2
+        layers += [ResidualBlock(ch) for _ in range(blocks)]
+        self.net = nn.Sequential(*layers)
+        self.out_channels = ch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class StyleEncoder(nn.Module):
+    """Image -> style code (B, style_dim): strided convolutions without normalisation, global average pooling.
+
+    MUNIT's style encoder (a 7x7 convolution, ``in_kernel``, then stride-2 4x4 ones; no instance normalisation,
+    which would remove the very statistics that make style).
+    """
+
+    def __init__(self, in_ch: int = 1, width: int = 16, style_dim: int = 8, downsample: int = 3, in_kernel: int = 7):
+        super().__init__()
+        layers: list[nn.Module] = [nn.ReflectionPad2d(in_kernel // 2), nn.Conv2d(in_ch, width, in_kernel),
+                                   nn.ReLU(inplace=True)]
+        ch = width
+        for i in range(downsample):
+            nxt = width * min(2 ** (i + 1), 4)
+            layers += [nn.ReflectionPad2d(1), nn.Conv2d(ch, nxt, 4, stride=2), nn.ReLU(inplace=True)]
+            ch = nxt
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Conv2d(ch, style_dim, 1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).flatten(1)
+
+
+class _AdaINResBlock(nn.Module):
+    def __init__(self, ch: int):
+        super().__init__()
+        self.conv1 = nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(ch, ch, 3))
+        self.conv2 = nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(ch, ch, 3))
+
+    def forward(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        g1, b1, g2, b2 = params.chunk(4, dim=1)
+        h = F.relu(adain(self.conv1(x), g1, b1))
+        return x + adain(self.conv2(h), g2, b2)
+
+
+class AdaINDecoder(nn.Module):
+    """(content map, style code) -> image: AdaIN residual blocks, then upsampling back to full resolution.
+
+    MUNIT's decoder: an MLP maps the style code to the scale and shift of every AdaIN layer of ``blocks``
+    residual blocks; then ``upsample`` times nearest-neighbour x2 upsampling and a 5x5 convolution (``up_kernel``)
+    with layer normalisation; a 7x7 output convolution (``out_kernel``; linear output: images here are z-scored,
+    not in [-1, 1]).
+    """
+
+    def __init__(self, in_ch: int, out_ch: int = 1, style_dim: int = 8, upsample: int = 2, blocks: int = 2,
+                 mlp_width: int = 64, up_kernel: int = 5, out_kernel: int = 7):
+        super().__init__()
+        self.blocks = nn.ModuleList(_AdaINResBlock(in_ch) for _ in range(blocks))
+        self.mlp = nn.Sequential(nn.Linear(style_dim, mlp_width), nn.ReLU(inplace=True),
+                                 nn.Linear(mlp_width, 4 * in_ch * blocks))
+        layers: list[nn.Module] = []
+        ch = in_ch
+        for _ in range(upsample):
+            layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.ReflectionPad2d(up_kernel // 2),
+                       nn.Conv2d(ch, ch // 2, up_kernel), nn.GroupNorm(1, ch // 2), nn.ReLU(inplace=True)]
+            ch //= 2
+        layers += [nn.ReflectionPad2d(out_kernel // 2), nn.Conv2d(ch, out_ch, out_kernel)]
+        self.up = nn.Sequential(*layers)
+
+    def forward(self, content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        params = self.mlp(style).chunk(len(self.blocks), dim=1)
+        x = content
+        for block, p in zip(self.blocks, params):
+            x = block(x, p)
+        return self.up(x)
 
 
 @register_method("glua")
@@ -21,51 +124,32 @@ class GLUA(SegmenterMethod):
 
     Su et al. "Mind the Gap: Alleviating Local Imbalance for Unsupervised Cross-Modality Medical Image
     Segmentation." IEEE Journal of Biomedical and Health Informatics, 2023 (arXiv:2205.11888, 2022). No code of
-    the paper was available here; this is a reconstruction from its description of the two parts.
+    the paper was available; this is a reconstruction from its description of the two parts.
 
-    Global alignment (``global``): a style-transfer module with disentangled content and style, as in MUNIT
-    (Huang et al., ECCV 2018) on which the paper builds: one content encoder shared by both modalities (instance
-    normalised, so it keeps anatomy and drops appearance), a style encoder per modality giving an 8-d style code,
-    and an AdaIN decoder that renders a content map in the appearance of a style code. Losses, as MUNIT's: image
-    reconstruction (L1, weight ``recon_weight`` 10) of each image from its own content and style; cross-translation
-    adversarial terms (least-squares GAN, weight 1) from one PatchGAN discriminator per modality on source
-    content rendered with a target style and vice versa; and the cycle on the latent codes (L1, weight
-    ``latent_weight`` 1): the content encoder must recover the content from a translation, and the style encoder
-    of the rendered modality its style. The translations of the labeled source images, rendered with the styles
-    of target images of the same batch, are target-like source images that keep their labels; the segmenter is
-    trained on them and on the original source images (Dice + cross-entropy).
+    Global alignment (``global``), as MUNIT (Huang et al., ECCV 2018), on which the paper builds: a content encoder
+    shared by both modalities (instance normalised: it keeps anatomy, drops appearance), a style encoder per
+    modality and an AdaIN decoder; MUNIT's losses (image reconstruction, L1 x ``recon_weight``; least-squares GAN
+    terms on cross-translations from one PatchGAN per modality; L1 cycle on the content and style codes). Labeled
+    source images rendered with the styles of the batch's target images keep their labels, and the segmenter
+    trains on them and on the originals (Dice + cross-entropy).
 
-    Local alignment (``local``): a fully convolutional discriminator on the segmenter's features (its last decoder
-    features, the input of the classifier) learns to tell target features from translated-source features
-    (source features when ``global`` is off), and the segmenter is trained to make target features indistinguishable
-    from them (least squares). The local feature mask weights that adversarial term per location towards the places
-    with the largest domain gap: the gap at a location is the discriminator's per-location adversarial loss on the
-    target features (how surely it still recognises them as target), detached; the mask is that gap divided by its
-    mean over the image (mean 1, so the mask moves weight between locations without changing the total), mixed with
-    uniform weights by ``mask_strength`` (``mask`` off: uniform weights, a plain feature-level adversary). The paper
-    describes a mask that prioritises the local features with a larger domain gap, combined with the global
-    alignment; how it measures the gap is reconstructed here from the discriminator, as stated.
+    Local alignment (``local``): a discriminator on the segmenter's last decoder features tells target features
+    from translated-source ones, and the segmenter learns to fool it (least squares). The paper's local feature
+    mask weights that term towards the locations with the largest domain gap; the gap is reconstructed here as the
+    discriminator's detached per-location loss on the target features, divided by its mean (:meth:`gap_mask`).
+    ``global=false, local=false`` is exactly ``source_only``, step for step (a test checks it).
 
-    ``global=false, local=false`` is exactly ``source_only`` (same initialisation, optimizer and loss, step for step
-    under the same seed; a test checks it).
+    Deliberate differences from the paper and MUNIT:
 
-    Deliberate differences: the translator is small (``gen_width`` 8, 3x3 instead of 7x7 and 5x5 full-resolution
-    convolutions, one residual block in the content encoder and one AdaIN residual block in the decoder; MUNIT: 64
-    wide, 4 blocks each) and keeps its content map at full resolution (MUNIT: a quarter): trained for the few
-    hundred steps of the ``quick`` preset, a half-resolution content map gave ghosted translations that had lost
-    the anatomy the labels describe, while at full resolution the anatomy stays and the appearance moves partway
-    towards the target's. The translator trains jointly with the segmenter from the first step rather than in a
-    stage before it, at learning rate 1e-3 with the trainer's schedule, on 4 source and 4 target images per step
-    (``translator_batch``; MUNIT: 1); the styles of translations are encoded from target images of the batch
-    (example-guided translation) rather than drawn from a prior, so every translation has a real target appearance;
-    the translator learns from every source training volume (``source_all``: unlabeled source volumes are part of
-    the protocol), the segmenter from the K labeled ones; half of each labeled batch is replaced by its translation
-    (``translated_fraction``), which keeps the segmenter's batch size, and its cost, those of ``source_only``;
-    the feature discriminator is AdaptSegNet's fully convolutional one (Tsai et al., CVPR 2018) with Adam 1e-4.
-
-    Cost at the ``quick`` preset (64x64, batch 8, one CPU thread): a step takes about 3.2x the CPU time of a
-    ``source_only`` step (translator about 2x, local alignment about 1x; with a half-resolution content map and two
-    blocks 3.5x, with MUNIT's 7x7 kernels 3.9x).
+    * A small translator: ``gen_width`` 8 (MUNIT: 64), 3x3 full-resolution convolutions (7x7 and 5x5), one
+      residual block in the content encoder and one AdaIN block in the decoder (4 each).
+    * A full-resolution content map (MUNIT: a quarter), which keeps the anatomy through a short training.
+    * The translator trains jointly with the segmenter from the first step, at 1e-3 under the trainer's
+      schedule, on ``translator_batch`` 4 source and 4 target images per step (MUNIT: 1).
+    * Translation styles are encoded from target images of the batch (example-guided), not drawn from a prior.
+    * The translator learns from every source training volume (``source_all``), the segmenter from the K labeled.
+    * ``translated_fraction`` of each labeled batch is replaced by its translation, keeping the batch size.
+    * The feature discriminator is AdaptSegNet's (Tsai et al., CVPR 2018), with Adam 1e-4.
     """
 
     version = "1"
@@ -97,7 +181,6 @@ class GLUA(SegmenterMethod):
     def __init__(self, ctx, hparams):
         super().__init__(ctx, hparams)
         hp, c = hparams, ctx.in_channels
-        adam = lambda params, lr, betas=(0.5, 0.999): torch.optim.Adam(params, lr=lr, betas=betas)  # noqa: E731
         if hp["global"]:
             k = hp["gen_kernel"]
             self.content = ContentEncoder(c, hp["gen_width"], hp["gen_downsample"], hp["gen_blocks"], in_kernel=k)
@@ -108,13 +191,14 @@ class GLUA(SegmenterMethod):
             self.d_source = PatchDiscriminator(c, 2 * hp["gen_width"])
             self.d_target = PatchDiscriminator(c, 2 * hp["gen_width"])
             translator = [self.content, self.style_source, self.style_target, self.decoder]
-            self.optimizers += [adam([p for m in translator for p in m.parameters()], hp["g_lr"]),
-                                adam(list(self.d_source.parameters()) + list(self.d_target.parameters()), hp["g_lr"])]
+            self.optimizers += [gan_adam([p for m in translator for p in m.parameters()], hp["g_lr"]),
+                                gan_adam(list(self.d_source.parameters()) + list(self.d_target.parameters()),
+                                         hp["g_lr"])]
             #: running mean of the target style codes, the style :meth:`translate` renders with
             self.register_buffer("target_style", torch.zeros(hp["style_dim"]))
         if hp["local"]:
             self.d_feature = OutputDiscriminator(self.segmenter.feature_channels, 32, layers=3)
-            self.optimizers.append(adam(self.d_feature.parameters(), hp["d_lr"], (0.9, 0.99)))
+            self.optimizers.append(torch.optim.Adam(self.d_feature.parameters(), lr=hp["d_lr"], betas=(0.9, 0.99)))
 
     # -- global alignment -------------------------------------------------------------------------------------
     def _translator_step(self, xs: torch.Tensor, xt: torch.Tensor) -> dict[str, float]:

@@ -11,41 +11,67 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from benchmark.blocks import (
-    EMATeacher,
-    integrate_velocity,
-    sigmoid_rampup,
-    smoothness,
-    warp,
-    warp_labels,
-)
+from benchmark.blocks import EMATeacher, gan_adam, sigmoid_rampup
 from benchmark.hparams import HParam, choice, log_uniform, uniform
 from benchmark.losses import dice_ce_loss
 from benchmark.method import SegmenterMethod
 from benchmark.registry import register_method
 
+# --- spatial transformer (Jaderberg et al., NeurIPS 2015) -------------------------------------------------------
+# A displacement field ``u`` is (B, 2, H, W) in normalised coordinates (channel 0: x, along the width; channel 1: y),
+# the convention of ``F.grid_sample`` with ``align_corners=False``: a pixel is 2 / W wide, and the warped image
+# at p is the input at p + u(p) (backward warping).
 
-def soft_dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, dice_weight: float = 1.0,
-                      eps: float = 1e-5) -> torch.Tensor:
-    """Cross-entropy plus soft Dice (foreground classes) against per-pixel class probabilities ``target``.
 
-    With one-hot ``target`` it equals :func:`benchmark.losses.dice_ce_loss` (up to float rounding); with the
-    bilinearly warped one-hot labels of a hallucination it keeps the loss differentiable in the displacement.
+def warp(x: torch.Tensor, displacement: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
+    """``x`` (B, C, H, W) sampled at p + u(p); outside the image the border value is repeated."""
+    b, _, h, w = x.shape
+    theta = torch.eye(2, 3, device=x.device, dtype=x.dtype).unsqueeze(0).expand(b, 2, 3)
+    grid = F.affine_grid(theta, [b, 1, h, w], align_corners=False) + displacement.permute(0, 2, 3, 1)
+    return F.grid_sample(x, grid, mode=mode, padding_mode="border", align_corners=False)
+
+
+def warp_labels(labels: torch.Tensor, displacement: torch.Tensor,
+                num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Warp an integer label map (B, H, W): the one-hot maps are warped bilinearly, then arg-maxed.
+
+    Returns ``(soft, hard)``: the warped one-hot probabilities (B, classes, H, W), which sum to 1 at every pixel,
+    and their arg-max (B, H, W) int64, a valid label map. Warping the one-hot maps rather than the integers keeps
+    thin structures better than nearest-neighbour sampling and never invents a label between two others.
     """
-    logp = logits.log_softmax(1)
-    ce = -(target * logp).sum(1).mean()
-    probs = logits.softmax(1)
-    dims = (0, 2, 3)
-    inter = (probs * target).sum(dims)[1:]
-    denom = probs.sum(dims)[1:] + target.sum(dims)[1:]
-    return ce + dice_weight * (1.0 - ((2 * inter + eps) / (denom + eps)).mean())
+    onehot = F.one_hot(labels, num_classes).permute(0, 3, 1, 2).to(displacement.dtype)
+    soft = warp(onehot, displacement)
+    return soft, soft.argmax(1)
+
+
+def integrate_velocity(velocity: torch.Tensor, steps: int = 5) -> torch.Tensor:
+    """Displacement of the flow of a stationary velocity field by scaling and squaring (Arsigny et al. 2006).
+
+    As in diffeomorphic VoxelMorph (Dalca et al., MICCAI 2018): u = v / 2**steps, then ``steps`` times
+    u <- u + u o (id + u). Each component of the result is bounded by the largest value of that component of
+    ``v`` (bilinear interpolation is a convex combination), and the transform stays invertible for smooth ``v``.
+    """
+    u = velocity / (2 ** steps)
+    for _ in range(steps):
+        u = u + warp(u, u)
+    return u
+
+
+def smoothness(field: torch.Tensor) -> torch.Tensor:
+    """Mean squared finite difference of a (B, C, H, W) field along both axes (a diffusion regulariser)."""
+    dy = field[:, :, 1:, :] - field[:, :, :-1, :]
+    dx = field[:, :, :, 1:] - field[:, :, :, :-1]
+    return dy.pow(2).mean() + dx.pow(2).mean()
+
+
+# --- the hallucinator -------------------------------------------------------------------------------------------
 
 
 @dataclass
 class Hallucination:
     """A hallucinated batch and the transform that made it.
 
-    ``displacement`` (B, 2, H, W) is in ``grid_sample``'s normalised units (see :func:`benchmark.blocks.warp`);
+    ``displacement`` (B, 2, H, W) is in ``grid_sample``'s normalised units (see :func:`warp`);
     ``None`` fields mean the corresponding transform is off. ``coarse`` holds the bounded low-resolution fields
     (velocity, log-gain, bias) the regularisers act on.
     """
@@ -145,99 +171,37 @@ class MetaHallucinator(SegmenterMethod):
 
     Zhao, Zhou, Zeng, Guan, Zhou. "Meta-hallucinator: Towards Few-Shot Cross-Modality Cardiac Image
     Segmentation." MICCAI 2022 (arXiv:2305.06978). The authors published no code, so this is a reconstruction
-    from the paper's description; it is the suite's reference implementation, and every choice the description
-    leaves open is listed below. None of the default values claims to be the paper's.
+    from the paper's description; none of the defaults claims to be the paper's. Three components, each a switch:
 
-    The three components, each switchable:
+    1. Hallucination (``spatial``, ``appearance``): :class:`Hallucinator` turns a labeled source image and a random
+       code into a smooth bounded deformation, applied to the image and to its label, and a gain and bias field.
+    2. Meta-learning (``meta``), as MAML (Finn, Abbeel, Levine, ICML 2017) and MLDG (Li, Yang, Song, Hospedales,
+       AAAI 2018): a functional inner SGD step (``torch.func.functional_call``) on the meta-train loss of
+       hallucinated pairs gives weights theta'; the segmenter descends the meta-train loss plus the meta-test loss
+       at theta', the hallucinator the meta-test loss through the inner step, so it learns to hallucinate examples
+       whose training step helps.
+    3. Self-ensembling (``consistency``; mean teacher, Tarvainen and Valpola, NeurIPS 2017, in the
+       transformation-consistent form of Li et al., IEEE TNNLS 2021): the student's prediction on a hallucinated
+       target image is trained towards the EMA teacher's on the real one, warped by the same deformation.
 
-    1. A hallucinator network (:class:`Hallucinator`) turns a labeled source image and a random code into a
-       smooth, bounded deformation, applied to the image (bilinear) and to its label (one-hot, bilinear), and a
-       smooth, bounded gain and bias field applied to the deformed image (``spatial``, ``appearance``).
-    2. Gradient-based bi-level meta-learning in the manner of MAML (Finn, Abbeel, Levine, ICML 2017) and MLDG
-       (Li, Yang, Song, Hospedales, AAAI 2018): the meta-train loss is the segmenter's loss on hallucinated pairs;
-       one functional inner SGD step (``torch.func.functional_call``; the real weights are never changed in
-       place) gives updated weights theta'; the meta-test loss at theta' is the supervised loss on real labeled
-       source images plus an unsupervised target term. The segmenter descends meta-train + meta-test loss (the
-       latter through the inner step), the hallucinator descends the meta-test loss through the inner step, so it
-       learns to hallucinate examples whose training step helps (``meta``; second order by default,
-       ``first_order`` as an option).
-    3. Self-ensembling with hallucination consistency (mean teacher: Tarvainen and Valpola, NeurIPS 2017; the
-       transformation-consistent form of Li et al., IEEE TNNLS 2021): an EMA teacher predicts on an unlabeled
-       target image, the student on its hallucinated version; the teacher's probabilities warped by the same
-       deformation are the student's target, under a ramped-up weight (``consistency``).
+    Choices the paper leaves open, and deliberate differences:
 
-    Choices the paper's description leaves open, and what was chosen:
-
-    * Hallucinator input: the image and a Gaussian spatial code (8 channels, on a grid 16x coarser than the
-      image, upsampled to the 8x coarser field grid, so neighbouring cells are correlated). Outputs depend on both
-      code and image. A strided CNN (widths 16, 32, 32), two 3x3 convolutions with group norm and a 1x1 head give
-      a velocity field, a log-gain and a bias on that grid.
-    * Deformation: each velocity component bounded by ``tanh`` times ``max_displacement`` (0.06 image sides:
-      3.8 px at 64x64, 15 px at 256x256), upsampled bilinearly and integrated by scaling and squaring (5 steps;
-      diffeomorphic VoxelMorph, Dalca et al., MICCAI 2018), which keeps it invertible and within the same bound.
-      Backward warping with ``grid_sample`` (spatial transformer, Jaderberg et al., NeurIPS 2015), border
-      padding. Labels: the one-hot maps are warped bilinearly; their arg-max is the hallucinated label map (always
-      a valid map), and the soft warped one-hot is the training target (soft Dice + cross-entropy), so the loss
-      stays differentiable in the deformation: with a hard label the meta-gradient would push the image relative
-      to a label it treats as fixed.
-    * Appearance: gain ``exp(l)`` with ``|l| <= 0.3`` and bias ``|b| <= 0.3`` (images are z-scored per
-      modality), on the field grid, upsampled bilinearly, applied after the deformation. A learned intensity
-      remapping, which could invert contrasts as MR->CT does, was not chosen: it can hallucinate implausible
-      images, and the bounded fields keep hallucinations anatomically and radiologically plausible.
-    * Initialisation: the head is scaled so the untrained hallucinator already makes random, non-trivial
-      transforms (mean displacement about half the bound); with ``meta`` off it stays so, a random augmenter.
-    * Regularisers: squared finite differences of the coarse velocity, log-gain and bias (weights 0.1), on the
-      meta-train hallucination; the bounds are part of the network.
-    * Meta-train / meta-test split: the labeled source batch is halved; the first half is hallucinated
-      (meta-train), the second half stays real (meta-test). Meta-testing on the very images that were
-      hallucinated would reward near-identity hallucinations; disjoint halves follow MLDG's split and halve the
-      cost.
-    * Inner step: one SGD step with ``inner_lr`` 0.01 on the decoder and segmentation head only
-      (``inner_params="decoder"``; ``"all"`` adapts the encoder too at about 20 % more time per step). The encoder
-      still receives meta-gradients through the decoder's inner step.
-    * Unsupervised meta-test term: the hallucination-consistency loss itself, at theta' (so the same student
-      forward serves components 2 and 3, and the hallucinator learns to help target consistency too); with
-      ``consistency`` off the meta-test loss is supervised only. The target's hallucination is drawn without
-      gradient: the hallucinator is trained only through the inner step (and by its regulariser).
-    * Outer objectives: segmenter ``L_mtr(theta) + beta * L_mte(theta'(theta))`` (``meta_test_weight`` beta = 1);
-      hallucinator ``beta * L_mte(theta'(phi)) + reg``. The meta-train loss's direct gradient never reaches the
-      hallucinator (it would teach it to make easy examples). Hallucinator: Adam, ``h_lr`` 1e-4, betas
-      (0.5, 0.999); it follows the trainer's schedule like every optimizer.
-    * First order: the inner gradient is taken at a detached copy of the weights, so the segmenter's meta-test
-      gradient is taken at theta' as if it were independent of theta (MAML's first-order approximation). The
-      hallucinator's meta-gradient is a mixed second derivative by nature (with a detached inner gradient it
-      would receive nothing), so it is kept exact in both modes; the first-order path therefore saves little time.
-    * BatchNorm under ``functional_call``: only parameters are substituted; the running statistics are the
-      module's own, so each of the three train-mode forward passes (hallucinated half at theta, real half and
-      hallucinated target at theta') normalises with its own batch statistics and updates the running statistics
-      once, as three ordinary passes would.
-    * Self-ensembling: the teacher sees the real target image, the student a hallucination of it (deformation and
-      appearance from the hallucinator with a fresh code); mean squared error between probabilities; weight 1
-      after a sigmoid ramp-up over the first 40 % of training; EMA decay 0.99 with the mean-teacher warm-up. It
-      uses the whole target batch (``target_fraction=1.0``). Half of it (0.5, matching the meta-test's half of
-      the source batch) saves about 20 % of a step on a CPU but scored clearly lower on the synthetic heart
-      (mr2ct, 4 shots, quick preset, target Dice seeds 0/1: 0.291/0.309 with half, 0.379/0.329 with the whole
-      batch).
-    * ``meta`` off: ``L_mtr(theta) + beta * L_mte(theta)`` on the same data, no inner step; the hallucinator gets
-      no training signal and stays at its random initialisation. With ``consistency`` off as well this is
-      source-only training with a random smooth deformation and gain/bias augmentation of half of each batch
-      (a test checks the equality step by step).
-    * Prediction: the student (``predict_with_teacher`` evaluates the teacher), as the suite's ``mean_teacher``.
-      Features for plug-ins: the segmenter's last decoder features.
-    * The suite's standard augmentation (affine, brightness/contrast, noise) is applied to every stream before
-      the method sees it, as for every method; hallucination comes on top.
-
-    Protocol: the paper studies few-shot cross-modality cardiac segmentation between MR and CT on MM-WHS 2017
-    (the field's usual structures: myocardium, left atrium and left ventricle cavities, ascending aorta), where
-    only a few labeled source volumes exist and the target modality is unlabeled. Here ``shots`` is that number
-    of labeled source volumes (protocol ``fsuda-v1``), all target training volumes are unlabeled, and evaluation
-    is 3D on held-out target test volumes, on the embedded ``synthetic-heart`` by default and on MM-WHS through
-    its adapter. The suite's U-Net, presets and schedule replace the paper's network and training length, so its
-    numbers are not the paper's.
-
-    Cost at the ``quick`` preset (64x64, batch 8, one CPU thread): a step takes about 3.3x the CPU time of a
-    ``source_only`` step (half the target batch for consistency 2.8x, first order with it 2.6x,
-    ``inner_params="all"`` 3.2x), a trial with its evaluation about 3.2x.
+    * Hallucinator input: the image and a Gaussian code on a grid twice coarser than its field grid.
+    * Bounds: ``tanh`` times ``max_displacement``, ``max_log_gain``, ``max_bias``; no learned intensity remapping.
+    * Deformation: scaling-and-squaring integration (Dalca et al., MICCAI 2018), backward warping, border padding.
+    * Labels: one-hot maps warped bilinearly; the soft map is the target, so the loss is differentiable in the warp.
+    * Initialisation: the untrained hallucinator already draws transforms of about half their bounds.
+    * Regularisers: smoothness of the coarse velocity, log-gain and bias of the meta-train hallucination.
+    * Split: the first half of the labeled batch is hallucinated (meta-train), the second stays real (meta-test).
+    * Inner step: one SGD step with ``inner_lr`` on the decoder and head (``inner_params="all"``: every weight).
+    * Meta-test loss: supervised on the real half plus the weighted consistency loss, both at theta'.
+    * The meta-train loss never reaches the hallucinator directly (it would learn to make easy examples).
+    * ``first_order``: MAML's first-order approximation for the segmenter; the hallucinator's gradient stays exact.
+    * BatchNorm under ``functional_call``: the weights are substituted, the running statistics are the module's.
+    * Consistency: mean squared error of probabilities on the whole target batch, after a sigmoid ramp-up.
+    * ``meta`` off: both losses at the current weights; the hallucinator stays a random augmenter.
+    * Prediction: the student (``predict_with_teacher``: the teacher), as the suite's ``mean_teacher``.
+    * The suite's U-Net, augmentation, presets and schedule replace the paper's network and training length.
     """
 
     streams = ("source", "target")
@@ -270,7 +234,7 @@ class MetaHallucinator(SegmenterMethod):
         "rampup": HParam(0.4, uniform(0.1, 0.6), "fraction of training over which that weight ramps up"),
         "ema_decay": HParam(0.99, uniform(0.95, 0.999), "teacher EMA decay"),
         "target_fraction": HParam(1.0, None, "fraction of the target batch used for consistency (0.5: half, like "
-                                             "the source batch's meta-test half; faster, scored lower)"),
+                                             "the source batch's meta-test half)"),
         "predict_with_teacher": HParam(False, None, "evaluate the teacher instead of the student"),
         "dice_weight": HParam(1.0, None, "weight of the soft Dice term beside cross-entropy"),
     }
@@ -284,7 +248,7 @@ class MetaHallucinator(SegmenterMethod):
             ctx.in_channels, hp["h_width"], hp["code_channels"], max_displacement=hp["max_displacement"],
             max_log_gain=hp["max_log_gain"], max_bias=hp["max_bias"], integration_steps=hp["integration_steps"])
         self.teacher = EMATeacher(self.segmenter, hp["ema_decay"])
-        self.optimizers.append(torch.optim.Adam(self.hallucinator.parameters(), lr=hp["h_lr"], betas=(0.5, 0.999)))
+        self.optimizers.append(gan_adam(self.hallucinator.parameters(), hp["h_lr"]))
 
     def hallucinate(self, images: torch.Tensor, labels: torch.Tensor | None = None,
                     code: torch.Tensor | None = None) -> Hallucination:
@@ -341,7 +305,7 @@ class MetaHallucinator(SegmenterMethod):
         hp, opt = self.hparams, self.optimizers[0]
         with torch.no_grad():
             hal = self.hallucinate(xa, ya)
-        meta_train = soft_dice_ce_loss(self.segmenter(hal.image), hal.soft_label, hp["dice_weight"])
+        meta_train = dice_ce_loss(self.segmenter(hal.image), hal.soft_label, hp["dice_weight"])
         supervised = dice_ce_loss(self.segmenter(xb), yb, hp["dice_weight"])
         meta_test = supervised
         losses = {"meta_train": meta_train.item(), "supervised": supervised.item()}
@@ -369,7 +333,7 @@ class MetaHallucinator(SegmenterMethod):
         # meta-test loss reaches the hallucinator
         base = {k: p.detach().requires_grad_() for k, p in params.items()} if hp["first_order"] else params
         hal = self.hallucinate(xa, ya)
-        meta_train = soft_dice_ce_loss(functional_call(self.segmenter, base, (hal.image,)), hal.soft_label,
+        meta_train = dice_ce_loss(functional_call(self.segmenter, base, (hal.image,)), hal.soft_label,
                                        hp["dice_weight"])
         grads = dict(zip(params, torch.autograd.grad(meta_train, list(base.values()), create_graph=True,
                                                      allow_unused=True)))

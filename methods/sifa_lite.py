@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmark.blocks import (ImagePool, OutputDiscriminator, PatchDiscriminator, ResnetGenerator, gan_loss,
-                              set_requires_grad)
+from benchmark.blocks import (ImagePool, OutputDiscriminator, PatchDiscriminator, ResnetGenerator, gan_adam,
+                              gan_loss, set_requires_grad)
 from benchmark.hparams import HParam, log_uniform, uniform
 from benchmark.losses import dice_ce_loss
 from benchmark.method import SegmenterMethod
@@ -64,17 +64,19 @@ class SIFALite(SegmenterMethod):
     * With ``skip`` (SIFA's released configuration), G_t and U add their input image to their output, so each
       learns a change of appearance; U's input image is the one E encoded.
 
-    Dropped ("lite"): the deep-supervision branch on an intermediate layer and the auxiliary discriminator on the
-    source-like reconstructions' segmentation. Other deliberate differences: E and its classifier are the suite's
-    U-Net, and U (:class:`SkipDecoder`, ``recon_width`` 16) reads every level of E's features, one convolution
-    per level (SIFA's decoder reads only the deepest features, which at the quick preset's 64-pixel slices are a
-    4x4 grid); the generator and the image discriminators are narrower and shallower than SIFA's (``gen_width``
-    8, ``gen_blocks`` 2, for 64-256 pixel slices) and the generator's first and last convolutions are 3x3, not
-    7x7 (``gen_outer_kernel``; 9 % off a step on CPU), so that a step costs about 3.6x a ``source_only`` step
-    (one CPU thread, quick preset); the learning rate of the translation parts is 1e-3, not 2e-4,
-    and follows the trainer's schedule, because the budget is hundreds to thousands of steps rather than SIFA's
-    tens of thousands; no tanh on the images, which the suite normalises per volume rather than to [-1, 1]; Dice +
-    cross-entropy as the supervised loss, with the trainer's weight decay in place of SIFA's L2 term.
+    Deliberate differences:
+
+    * Dropped ("lite"): the deep-supervision branch on an intermediate layer and the auxiliary discriminator on
+      the segmentation of the source-like reconstructions.
+    * E and its classifier are the suite's U-Net; U (:class:`SkipDecoder`, ``recon_width`` 16) reads every level
+      of E's features, one convolution per level (SIFA's decoder reads only the deepest, a 4x4 grid at 64 pixels).
+    * The generator and the image discriminators are narrower and shallower (``gen_width`` 8, ``gen_blocks`` 2,
+      for 64-256 pixel slices), and the generator's first and last convolutions are 3x3, not 7x7
+      (``gen_outer_kernel``), to keep a step affordable on a CPU.
+    * The translation parts learn at 1e-3, not 2e-4, under the trainer's schedule: the budget is hundreds to
+      thousands of steps, not SIFA's tens of thousands.
+    * No tanh on the images, which the suite normalises per volume rather than to [-1, 1].
+    * Dice + cross-entropy as the supervised loss, with the trainer's weight decay in place of SIFA's L2 term.
     """
 
     version = "4"
@@ -106,11 +108,11 @@ class SIFALite(SegmenterMethod):
         self.d_t = PatchDiscriminator(c, hp["gen_width"])
         self.d_s = PatchDiscriminator(c, hp["gen_width"])
         self.d_p = OutputDiscriminator(ctx.num_classes, hp["gen_width"])
-        adam = lambda params, lr: torch.optim.Adam(params, lr=lr, betas=(0.5, 0.999))  # noqa: E731
         self.translation_params = list(self.g_t.parameters()) + list(self.decoder_u.parameters())
         self.optimizers += [
-            adam(self.translation_params, hp["g_lr"]),
-            adam(list(self.d_t.parameters()) + list(self.d_s.parameters()) + list(self.d_p.parameters()), hp["g_lr"]),
+            gan_adam(self.translation_params, hp["g_lr"]),
+            gan_adam(list(self.d_t.parameters()) + list(self.d_s.parameters()) + list(self.d_p.parameters()),
+                     hp["g_lr"]),
         ]
         self.pool_t, self.pool_s = ImagePool(hp["pool_size"], seed=1), ImagePool(hp["pool_size"], seed=2)
 

@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 
-from benchmark.blocks import (EMATeacher, ImagePool, OutputDiscriminator, PatchDiscriminator, ResnetGenerator,
-                              entropy_map, gan_loss, grad_reverse, sigmoid_rampup)
+from benchmark.blocks import (EMATeacher, ImagePool, OutputDiscriminator, PatchDiscriminator, ResidualBlock,
+                              ResnetGenerator, entropy_map, gan_adam, gan_loss, sigmoid_rampup)
+from helpers import method_module
 
 
 def test_generator_and_discriminators_shapes():
@@ -45,6 +46,21 @@ def test_generator_residual_and_outer_kernel():
         ResnetGenerator(1, 3, width=8, residual=True)
 
 
+def test_residual_block_is_the_identity_with_a_zero_last_convolution():
+    block = ResidualBlock(4)
+    torch.nn.init.zeros_(block.body[5].weight)
+    torch.nn.init.zeros_(block.body[5].bias)
+    x = torch.randn(2, 4, 8, 8)
+    assert torch.equal(block(x), x)  # instance norm of a zero map is zero
+
+
+def test_gan_adam_has_the_gan_betas():
+    param = torch.nn.Parameter(torch.zeros(3))
+    (group,) = gan_adam([param], 2e-4).param_groups
+    assert group["betas"] == (0.5, 0.999) and group["lr"] == 2e-4 and group["weight_decay"] == 0
+    assert len(group["params"]) == 1 and group["params"][0] is param
+
+
 def test_gan_losses():
     ones, zeros = torch.ones(3, 1, 4, 4), torch.zeros(3, 1, 4, 4)
     assert gan_loss(ones, real=True) == 0 and gan_loss(ones, real=False) == 1
@@ -64,12 +80,6 @@ def test_ema_teacher_is_an_exponential_average():
     assert not any(p.requires_grad for p in teacher.parameters())
     teacher.update(student, step=0)  # ramped decay min(0.9, 1 - 1/1) = 0: copies the student
     assert torch.equal(teacher.model.weight, student.weight)
-
-
-def test_grad_reverse():
-    x = torch.ones(3, requires_grad=True)
-    grad_reverse(x, 0.5).sum().backward()
-    assert torch.equal(x.grad, torch.full((3,), -0.5))
 
 
 def test_entropy_map_bounds():
@@ -97,10 +107,7 @@ def test_image_pool_is_seeded_and_bounded():
 
 
 def test_fda_swap():
-    from benchmark import registry
-
-    registry.discover()
-    swap = __import__(registry.METHODS.get("fda").__module__, fromlist=["low_frequency_swap"]).low_frequency_swap
+    swap = method_module("fda").low_frequency_swap
     g = torch.Generator().manual_seed(0)
     s, t = torch.randn(2, 1, 16, 16, generator=g), torch.randn(2, 1, 16, 16, generator=g) * 3 + 1
     assert torch.allclose(swap(s, t, 0.0), s, atol=1e-5)  # nothing swapped

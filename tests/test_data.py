@@ -9,9 +9,9 @@ import pytest
 import benchmark
 from benchmark import cache as cache_mod
 from benchmark.cache import PreprocessSettings, SliceCache, cache_path, prepare
-from benchmark.data import BatchSampler, Stream
+from benchmark.data import BatchSampler
+from benchmark.streams import Stream, build_streams
 from benchmark.protocol import TrialSpec
-from benchmark.trainer import build_streams
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +113,7 @@ def test_batches_are_deterministic_per_step_and_labeled_only_where_allowed(adapt
     # the labeled source slices come only from the one labeled volume
     (case,) = streams["source"].cases
     r = cache.slice_range("mr", case)
-    assert set(streams["source"].slices.tolist()) == set(range(r.start, r.stop))
+    assert set(sampler.slices["source"].tolist()) == set(range(r.start, r.stop))
 
 
 def test_streams_are_independent_of_each_other(adapter, cache):

@@ -9,7 +9,7 @@ import textwrap
 import pytest
 
 from benchmark.cli import main
-from benchmark.store import ResultsStore
+from benchmark.store import DONE, ResultsStore
 
 pytestmark = pytest.mark.slow
 
@@ -60,7 +60,7 @@ def test_tiny_ray_run_records_everything(tmp_path, plugin_dir, capsys):
     assert records["crashes_e2e"]["error"] == "RuntimeError: deliberate crash in update"
     assert records["diverges_e2e"]["error"].startswith("TrialDiverged: Trial synthetic-heart/mr2ct/diverges_e2e")
     assert len(records["source_only"]["volumes"]) == 6
-    assert store.incomplete() == []
+    assert all((d / DONE).exists() for d in store.trials.iterdir())  # no trial left unfinished
 
     rows = list(csv.DictReader((out / "leaderboards" / "synthetic-heart" / "mr2ct.csv").open()))
     by_method = {r["method"]: r for r in rows}

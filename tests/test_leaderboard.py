@@ -260,6 +260,28 @@ def test_provenance_joined_sorted():
     assert r["dataset_version"] == "1"
 
 
+def test_rows_from_results_store_records(tmp_path: Path):
+    from benchmark.protocol import TrialSpec
+    from benchmark.store import ResultsStore
+
+    store = ResultsStore(tmp_path)
+    spec = TrialSpec(dataset="synthetic-heart", direction="mr2ct", method="metahallu", shots=4, seed=0,
+                     preset="quick", variant="meta=false",
+                     plugins=[{"name": "cdtg", "version": "2", "hparams": {}}])
+    summary = {metric: {**{s: value for s in STRUCTS}, "mean": value}
+               for metric, value in (("dice", 0.6), ("assd_mm", 2.0), ("hd95_mm", 5.0))}
+    store.write_result(spec, {"structures": STRUCTS, "summary": summary, "volumes": [], "timing": {}})
+    store.write_failure(TrialSpec(**{**spec.to_dict(), "seed": 1}), RuntimeError("boom"))
+    df = lb.build_rows(list(store.records()))
+    assert list(df["method"]) == ["metahallu:meta=false+cdtg"]
+    r = row(df, "metahallu:meta=false+cdtg")
+    assert (r["seeds_done"], r["seeds_failed"]) == (1, 1)
+    assert r["dice_mean"] == pytest.approx(0.6)
+    assert r["hd95_mm_AA"] == pytest.approx(5.0)
+    assert r["method_version"] == "1 cdtg-2"
+    assert lb.structures_of(df) == STRUCTS
+
+
 def test_empty_records():
     df = lb.build_rows([])
     assert df.empty
@@ -437,6 +459,15 @@ def test_publish_keeps_other_tracks_and_writes_readme(tmp_path: Path):
     (tmp_path / "README.md").write_text("stale")
     lb.publish(lb.build_rows([make_record("m")]), tmp_path)
     assert (tmp_path / "README.md").read_text() == lb.README_TEXT
+
+
+def test_method_description_spells_row_names():
+    from benchmark.protocol import row_name
+
+    desc = lb.COLUMN_DESCRIPTIONS["method"]
+    assert f"`{row_name('metahallu', 'meta=false', [{'name': 'cdtg'}])}`" in desc
+    assert f"`{row_name('source_only', hparam_sample=3)}`" in desc
+    assert f"| `method` | {desc} |" in lb.README_TEXT
 
 
 def test_publish_multi_dataset_rows_keep_own_structures(tmp_path: Path):

@@ -4,71 +4,34 @@ from __future__ import annotations
 
 import copy
 import math
-import sys
 
 import pytest
 import torch
 
-from benchmark import registry
-from benchmark.blocks import integrate_velocity, warp, warp_labels
-from benchmark.data import Batch
-from benchmark.hparams import resolve
 from benchmark.losses import dice_ce_loss
-from benchmark.method import MethodContext
-from benchmark.models import build_segmenter
+from benchmark.streams import Batch
+from helpers import B, CLASSES, SIZE, blob_labels, build, make_batch, method_module, params_of, same, step_with_target
 
-registry.discover()
-BACKBONE = {"encoder": "resnet18", "encoder_depth": 3, "decoder_channels": [16, 8, 8]}
-SIZE, CLASSES, B = 32, 5, 4
-MODULE = sys.modules[registry.METHODS.get("metahallu").__module__]
-Hallucinator, soft_dice_ce_loss = MODULE.Hallucinator, MODULE.soft_dice_ce_loss
+MODULE = method_module("metahallu")
+Hallucinator, integrate_velocity, warp, warp_labels = (MODULE.Hallucinator, MODULE.integrate_velocity, MODULE.warp,
+                                                       MODULE.warp_labels)
 
 
-def blob_labels(n: int, generator: torch.Generator) -> torch.Tensor:
-    """Label maps of nested squares (a plausible layout with every class present), randomly placed."""
-    y = torch.zeros(n, SIZE, SIZE, dtype=torch.int64)
-    for i in range(n):
-        cy, cx = (int(v) for v in torch.randint(10, SIZE - 10, (2,), generator=generator))
-        for k, r in zip(range(1, CLASSES), (9, 6, 4, 2)):
-            y[i, cy - r:cy + r, cx - r:cx + r] = k
-    return y
-
-
-def make_batch(seed: int) -> Batch:
-    g = torch.Generator().manual_seed(seed)
-    y = blob_labels(B, g)
-    x = y.float()[:, None] / CLASSES + 0.1 * torch.randn(B, 1, SIZE, SIZE, generator=g)
-    return Batch(source_x=x, source_y=y, target_x=torch.randn(B, 1, SIZE, SIZE, generator=g))
-
-
-def build(seed: int = 0, **overrides):
-    cls = registry.METHODS.get("metahallu")
-    ctx = MethodContext(in_channels=1, num_classes=CLASSES, device=torch.device("cpu"), total_steps=10,
-                        backbone=lambda classes=CLASSES: build_segmenter(BACKBONE, 1, classes))
-    torch.manual_seed(seed)
-    method = cls(ctx, resolve(cls.declared_hparams(), 0, overrides))
-    method.train()
-    return method
+def metahallu_batch(seed: int) -> Batch:
+    """Labeled source images of nested squares and noise target images."""
+    return make_batch(seed, blobs=True)
 
 
 def train(method, steps: int = 2, batch_seed: int = 0) -> list[dict[str, float]]:
     out = []
     for step in range(steps):
         torch.manual_seed(100 + step)
-        out.append(method.update(make_batch(batch_seed + step), step))
+        out.append(method.update(metahallu_batch(batch_seed + step), step))
     return out
 
 
-def params_of(module: torch.nn.Module) -> list[torch.Tensor]:
-    return [p.detach().clone() for p in module.parameters()]
-
-
-def same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
-    return all(torch.equal(x, y) for x, y in zip(a, b))
-
-
 def objectives(method, batch_seed: int = 0, weight: float = 1.0):
-    batch = make_batch(batch_seed)
+    batch = metahallu_batch(batch_seed)
     xa, ya, xb, yb = method._split(batch)
     view, target = method._target_view(batch.target_x) if method.hparams["consistency"] else (None, None)
     return method.meta_objectives(xa, ya, xb, yb, view, target, weight)
@@ -142,23 +105,23 @@ def test_hallucinator_is_random_at_init_and_a_function_of_its_code():
 
 
 def test_identity_when_spatial_and_appearance_are_off():
-    m = build(spatial=False, appearance=False)
-    batch = make_batch(0)
+    m = build("metahallu", spatial=False, appearance=False)
+    batch = metahallu_batch(0)
     out = m.hallucinate(batch.source_x, batch.source_y)
     assert torch.equal(out.image, batch.source_x) and torch.equal(out.label, batch.source_y)
     assert out.displacement is None and out.gain is None
 
 
 def test_spatial_and_appearance_switches_change_what_they_claim():
-    batch = make_batch(0)
+    batch = metahallu_batch(0)
     x, y = batch.source_x, batch.source_y
-    spatial_only = build(appearance=False)
+    spatial_only = build("metahallu", appearance=False)
     torch.manual_seed(3)
     s = spatial_only.hallucinate(x, y)
     assert s.gain is None and s.bias is None and s.displacement.abs().max() > 0
     assert torch.equal(s.image, warp(x, s.displacement))  # geometry only
     assert not torch.equal(s.label, y)
-    appearance_only = build(spatial=False)
+    appearance_only = build("metahallu", spatial=False)
     torch.manual_seed(3)
     a = appearance_only.hallucinate(x, y)
     assert a.displacement is None and torch.equal(a.label, y)  # labels untouched
@@ -169,7 +132,7 @@ def test_soft_loss_on_one_hot_labels_is_dice_ce():
     g = torch.Generator().manual_seed(4)
     logits, y = torch.randn(2, CLASSES, 8, 8, generator=g), torch.randint(0, CLASSES, (2, 8, 8), generator=g)
     onehot = torch.nn.functional.one_hot(y, CLASSES).permute(0, 3, 1, 2).float()
-    assert torch.allclose(soft_dice_ce_loss(logits, onehot), dice_ce_loss(logits, y), atol=1e-6)
+    assert torch.allclose(dice_ce_loss(logits, onehot), dice_ce_loss(logits, y), atol=1e-6)
 
 
 # --- the bi-level meta-learning -------------------------------------------------------------------------------
@@ -177,13 +140,13 @@ def test_soft_loss_on_one_hot_labels_is_dice_ce():
 
 @pytest.mark.parametrize("first_order", [False, True])
 def test_meta_test_loss_reaches_the_hallucinator_only_through_the_inner_step(first_order):
-    m = build(first_order=first_order, smooth_weight=0.0, appearance_smooth_weight=0.0)
+    m = build("metahallu", first_order=first_order, smooth_weight=0.0, appearance_smooth_weight=0.0)
     obj = objectives(m)
     _, h_grads = m.meta_gradients(obj)
     assert sum(g.abs().sum() for g in h_grads) > 0
     # with a zero inner learning rate the updated weights equal the current ones: nothing reaches the hallucinator,
     # although the meta-train loss was computed on its output (it is not part of the hallucinator's objective)
-    m0 = build(first_order=first_order, smooth_weight=0.0, appearance_smooth_weight=0.0, inner_lr=0.0)
+    m0 = build("metahallu", first_order=first_order, smooth_weight=0.0, appearance_smooth_weight=0.0, inner_lr=0.0)
     obj0 = objectives(m0)
     assert obj0["meta_train"].requires_grad and any(
         g is not None and g.abs().sum() > 0 for g in torch.autograd.grad(
@@ -193,11 +156,11 @@ def test_meta_test_loss_reaches_the_hallucinator_only_through_the_inner_step(fir
 
 
 def test_meta_train_loss_alone_does_not_update_the_hallucinator():
-    m = build(meta_test_weight=0.0, smooth_weight=0.0, appearance_smooth_weight=0.0, consistency=False)
+    m = build("metahallu", meta_test_weight=0.0, smooth_weight=0.0, appearance_smooth_weight=0.0, consistency=False)
     h0, s0 = params_of(m.hallucinator), params_of(m.segmenter)
     train(m, 2)
     assert same(params_of(m.hallucinator), h0) and not same(params_of(m.segmenter), s0)
-    m = build(consistency=False)
+    m = build("metahallu", consistency=False)
     train(m, 2)
     assert not same(params_of(m.hallucinator), h0)
 
@@ -206,7 +169,7 @@ def test_first_and_second_order_gradients():
     key = "unet.segmentation_head.0.weight"
     grads = {}
     for name, first_order in (("so", False), ("fo", True)):
-        m = build(first_order=first_order, inner_lr=0.1)
+        m = build("metahallu", first_order=first_order, inner_lr=0.1)
         torch.manual_seed(7)
         obj = objectives(m)
         # the meta-test gradient at the updated weights, as if they were independent weights
@@ -225,7 +188,7 @@ def test_first_and_second_order_gradients():
 
 
 def test_inner_step_is_functional_and_adapts_only_the_chosen_weights():
-    m = build(inner_params="decoder")
+    m = build("metahallu", inner_params="decoder")
     before = params_of(m.segmenter)
     obj = objectives(m)
     assert same(params_of(m.segmenter), before)  # the real weights are untouched by the inner step
@@ -235,21 +198,21 @@ def test_inner_step_is_functional_and_adapts_only_the_chosen_weights():
             assert fast is params[name]
         elif obj["meta_train_grads"][name] is not None:
             assert fast is not params[name] and not torch.equal(fast, params[name])
-    obj_all = objectives(build(inner_params="all"))
+    obj_all = objectives(build("metahallu", inner_params="all"))
     assert not torch.equal(obj_all["fast"]["unet.encoder.conv1.weight"], params["unet.encoder.conv1.weight"])
     with pytest.raises(ValueError, match="inner_params"):
-        build(inner_params="encoder")
+        build("metahallu", inner_params="encoder")
 
 
 # --- self-ensembling and the switches ---------------------------------------------------------------------------
 
 
 def test_teacher_is_an_ema_of_the_student():
-    m = build(ema_decay=0.9)
+    m = build("metahallu", ema_decay=0.9)
     train(m, 3)
     before = params_of(m.teacher.model)
     torch.manual_seed(11)
-    m.update(make_batch(5), 20)  # decay min(0.9, 1 - 1/21) = 0.9
+    m.update(metahallu_batch(5), 20)  # decay min(0.9, 1 - 1/21) = 0.9
     for t, t0, s in zip(m.teacher.model.parameters(), before, m.segmenter.parameters()):
         assert torch.allclose(t, 0.9 * t0 + 0.1 * s.detach(), atol=1e-6)
         assert not t.requires_grad
@@ -257,44 +220,41 @@ def test_teacher_is_an_ema_of_the_student():
 
 def test_consistency_switch_decides_whether_target_images_matter():
     def after(consistency: bool, target_seed: int) -> list[torch.Tensor]:
-        m = build(consistency=consistency, rampup=0.0)
-        batch = make_batch(0)
-        batch.target_x = torch.randn(B, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(target_seed))
-        torch.manual_seed(100)
-        losses = m.update(batch, 3)
+        m = build("metahallu", consistency=consistency, rampup=0.0)
+        losses, weights = step_with_target(m, metahallu_batch(0), target_seed, step=3, torch_seed=100)
         assert ("consistency" in losses) == consistency
-        return params_of(m.segmenter)
+        return weights
 
     assert same(after(False, 1), after(False, 2))
     assert not same(after(True, 1), after(True, 2))
 
 
 def test_meta_switch():
-    m = build(meta=False)
+    m = build("metahallu", meta=False)
     h0 = params_of(m.hallucinator)
     losses = train(m, 2)
     assert same(params_of(m.hallucinator), h0)  # no meta-objective, no hallucinator training
     assert "meta_test" not in losses[-1] and "meta_train" in losses[-1]
-    m = build(meta=True)
+    m = build("metahallu", meta=True)
     losses = train(m, 2)
     assert not same(params_of(m.hallucinator), h0) and "meta_test" in losses[-1]
 
 
 def test_reduces_to_source_only_with_random_augmentation():
     """meta and consistency off: exactly a Dice + CE step on (frozen-init hallucination, real) source halves."""
-    m = build(meta=False, consistency=False)
+    m = build("metahallu", meta=False, consistency=False)
     frozen = copy.deepcopy(m.hallucinator)
     reference = copy.deepcopy(m.segmenter)
     opt = torch.optim.Adam(reference.parameters(), lr=m.hparams["lr"], weight_decay=m.hparams["weight_decay"])
     for step in range(3):
-        batch = make_batch(step)
+        batch = metahallu_batch(step)
         torch.manual_seed(100 + step)
         m.update(batch, step)
         # the reference: source-only training on the real half plus a random augmentation of the other half
         torch.manual_seed(100 + step)
         with torch.no_grad():
             aug = frozen(batch.source_x[:B // 2], batch.source_y[:B // 2], CLASSES)
-        loss = (soft_dice_ce_loss(reference(aug.image), aug.soft_label)
+        loss = (dice_ce_loss(reference(aug.image), aug.soft_label)
                 + 1.0 * dice_ce_loss(reference(batch.source_x[B // 2:]), batch.source_y[B // 2:]))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -305,6 +265,6 @@ def test_reduces_to_source_only_with_random_augmentation():
 
 @pytest.mark.parametrize("overrides", [{}, {"first_order": True}])
 def test_deterministic_for_a_seed(overrides):
-    a, b = build(3, **overrides), build(3, **overrides)
+    a, b = build("metahallu", 3, **overrides), build("metahallu", 3, **overrides)
     assert train(a) == train(b)
     assert same(params_of(a), params_of(b))

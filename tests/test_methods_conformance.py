@@ -13,40 +13,14 @@ import pytest
 import torch
 
 from benchmark import registry
-from benchmark.data import STREAMS, Batch
-from benchmark.hparams import resolve
-from benchmark.method import Method, MethodContext
-from benchmark.models import build_segmenter
+from benchmark.method import Method
 from benchmark.protocol import parse_method_entry
+from benchmark.streams import STREAMS
+from helpers import CLASSES, SIZE, build, tiny_batch
 
 registry.discover()
 #: every registered method, and compositions with plug-ins that exercise the plug-in mechanism
 METHOD_NAMES = registry.METHODS.names() + ["source_only+cdtg", "metahallu+cdtg"]
-BACKBONE = {"encoder": "resnet18", "encoder_depth": 3, "decoder_channels": [16, 8, 8]}
-SIZE, CLASSES, B = 32, 5, 2
-
-
-def tiny_batch(seed: int) -> Batch:
-    g = torch.Generator().manual_seed(seed)
-    batch = Batch()
-    for name, labeled in STREAMS.items():
-        setattr(batch, f"{name}_x", torch.randn(B, 1, SIZE, SIZE, generator=g))
-        if labeled:
-            setattr(batch, f"{name}_y", torch.randint(0, CLASSES, (B, SIZE, SIZE), generator=g))
-    return batch
-
-
-def build(name: str, seed: int = 0) -> Method:
-    (base, _), plugins = parse_method_entry(name)
-    cls = registry.METHODS.get(base)
-    ctx = MethodContext(in_channels=1, num_classes=CLASSES, device=torch.device("cpu"), total_steps=10,
-                        class_names=("A", "B", "C", "D"),
-                        backbone=lambda classes=CLASSES: build_segmenter(BACKBONE, 1, classes))
-    torch.manual_seed(seed)
-    method = cls(ctx, resolve(cls.declared_hparams(), 0))
-    method.attach_plugins([(registry.PLUGINS.get(p), resolve(registry.PLUGINS.get(p).declared_hparams(), 0))
-                           for p, _ in plugins])
-    return method
 
 
 def train(method: Method, steps: int = 2) -> list[dict[str, float]]:

@@ -13,20 +13,18 @@ import pytest
 import torch
 
 from benchmark import registry
-from benchmark.data import Batch
 from benchmark.errors import PluginHostError, UnknownNameError, UsageError
 from benchmark.hparams import HParam, resolve
 from benchmark.leaderboard import build_rows, method_label
 from benchmark.losses import dice_ce_loss
-from benchmark.method import Method, MethodContext, Plugin
-from benchmark.models import build_segmenter
-from benchmark.protocol import TrialSpec, composed_name, parse_method_entry
+from benchmark.method import Method, Plugin
+from benchmark.protocol import TrialSpec, parse_method_entry, row_name
 from benchmark.registry import Entry
 from benchmark.runner import build_grid
+from benchmark.streams import Batch
+from helpers import B, SIZE, build, context, params_of, tiny_batch
 
 registry.discover()
-BACKBONE = {"encoder": "resnet18", "encoder_depth": 3, "decoder_channels": [16, 8, 8]}
-SIZE, CLASSES, B = 32, 5, 4
 
 
 # --- parsing ----------------------------------------------------------------------------------------------------
@@ -47,8 +45,8 @@ def test_parse_method_entry():
 
 
 def test_composed_name():
-    assert composed_name("metahallu") == "metahallu"
-    assert composed_name("metahallu", "meta=false", [{"name": "cdtg"}, {"name": "x", "variant": "a=1"}]) == (
+    assert row_name("metahallu") == "metahallu"
+    assert row_name("metahallu", "meta=false", [{"name": "cdtg"}, {"name": "x", "variant": "a=1"}]) == (
         "metahallu:meta=false+cdtg+x:a=1")
 
 
@@ -165,36 +163,20 @@ class Shrink(Plugin):
         return logits + self.hparams["head"]
 
 
-def context() -> MethodContext:
-    return MethodContext(in_channels=1, num_classes=CLASSES, device=torch.device("cpu"), total_steps=10,
-                         backbone=lambda classes=CLASSES: build_segmenter(BACKBONE, 1, classes))
+def shrink(**hparams) -> tuple[type[Plugin], dict]:
+    """The test plug-in with ``hparams`` over its defaults, ready for :func:`helpers.build`."""
+    return Shrink, resolve(Shrink.declared_hparams(), 0, hparams)
 
 
-def build(name: str, seed: int = 0, plugin: dict | None = None, **overrides) -> Method:
-    cls = registry.METHODS.get(name)
-    torch.manual_seed(seed)
-    method = cls(context(), resolve(cls.declared_hparams(), 0, overrides))
-    if plugin is not None:
-        method.attach_plugins([(Shrink, resolve(Shrink.declared_hparams(), 0, plugin))])
-    method.train()
-    return method
-
-
-def make_batch(seed: int) -> Batch:
-    g = torch.Generator().manual_seed(seed)
-    return Batch(source_x=torch.randn(B, 1, SIZE, SIZE, generator=g),
-                 source_y=torch.randint(0, CLASSES, (B, SIZE, SIZE), generator=g),
-                 target_x=torch.randn(B, 1, SIZE, SIZE, generator=g))
-
-
-def params(module: torch.nn.Module) -> list[torch.Tensor]:
-    return [p.detach().clone() for p in module.parameters()]
+def host_batch(seed: int) -> Batch:
+    """Noise source images, random source labels, noise target images."""
+    return tiny_batch(seed, ("source", "target"), batch_size=B)
 
 
 def test_plugin_loss_joins_the_host_optimizer_step():
     """source_only+shrink: the one Adam step of the segmenter applies d(host loss + plug-in loss) to the segmenter
     and the plug-in's weights together."""
-    method = build("source_only", plugin={})
+    method = build("source_only", plugins=[shrink()])
     assert len(method.optimizers) == 1  # no second optimizer: the plug-in is a parameter group of the segmenter's
     groups = method.optimizers[0].param_groups
     assert len(groups) == 2 and groups[1]["params"][0] is method.plugins["shrink"].scale
@@ -203,7 +185,7 @@ def test_plugin_loss_joins_the_host_optimizer_step():
     method.optimizers[0].register_step_pre_hook(
         lambda opt, *_: seen.append([p.grad.clone() for g in opt.param_groups for p in g["params"]]))
     for step in range(2):
-        batch = make_batch(step)
+        batch = host_batch(step)
         reference = copy.deepcopy(method.segmenter)
         scale = method.plugins["shrink"].scale.detach().clone().requires_grad_()
         losses = method.train_step(batch, step)
@@ -218,26 +200,27 @@ def test_plugin_loss_joins_the_host_optimizer_step():
 
 def test_a_plugin_without_weight_leaves_metahallu_training_unchanged():
     """The plug-in adds to metahallu's own meta-gradients in its own step; a zero loss changes nothing."""
-    plain, composed = build("metahallu", 3), build("metahallu", 3, plugin={"weight": 0.0})
+    plain, composed = build("metahallu", 3), build("metahallu", 3, plugins=[shrink(weight=0.0)])
     for step in range(2):
         torch.manual_seed(100 + step)
-        a = plain.train_step(make_batch(step), step)
+        a = plain.train_step(host_batch(step), step)
         torch.manual_seed(100 + step)
-        b = composed.train_step(make_batch(step), step)
+        b = composed.train_step(host_batch(step), step)
         assert b.pop("shrink_shrink") == 0.0 and a == b
-    for x, y in zip(params(plain.segmenter), params(composed.segmenter)):
+    for x, y in zip(params_of(plain.segmenter), params_of(composed.segmenter)):
         assert torch.equal(x, y)
     # and a plug-in with a weight does change the segmenter
-    other = build("metahallu", 3, plugin={"weight": 10.0})
+    other = build("metahallu", 3, plugins=[shrink(weight=10.0)])
     torch.manual_seed(100)
-    other.train_step(make_batch(0), 0)
-    assert not all(torch.equal(x, y) for x, y in zip(params(build("metahallu", 3).segmenter), params(other.segmenter)))
+    other.train_step(host_batch(0), 0)
+    assert not all(torch.equal(x, y) for x, y in zip(params_of(build("metahallu", 3).segmenter),
+                                                     params_of(other.segmenter)))
 
 
 def test_infer_blends_plugin_heads_and_is_predict_without_them():
     x = torch.randn(2, 1, SIZE, SIZE)
-    plain, no_head = build("source_only"), build("source_only", plugin={})
-    head = build("source_only", plugin={"head": 2.0})
+    plain, no_head = build("source_only"), build("source_only", plugins=[shrink()])
+    head = build("source_only", plugins=[shrink(head=2.0)])
     for m in (plain, no_head, head):
         m.eval()
     with torch.no_grad():
@@ -247,8 +230,8 @@ def test_infer_blends_plugin_heads_and_is_predict_without_them():
 
 
 def test_checkpoint_holds_the_plugin():
-    a = build("source_only", 1, plugin={})
-    a.train_step(make_batch(0), 0)
+    a = build("source_only", 1, plugins=[shrink()])
+    a.train_step(host_batch(0), 0)
     state = a.state_dict()
     assert "plugins.shrink.scale" in state
     assert len(a.optimizers[0].state_dict()["param_groups"]) == 2
@@ -256,28 +239,28 @@ def test_checkpoint_holds_the_plugin():
     torch.save({"method": state, "optimizers": [o.state_dict() for o in a.optimizers]}, buf)
     buf.seek(0)
     saved = torch.load(buf, weights_only=False)
-    b = build("source_only", 2, plugin={})
+    b = build("source_only", 2, plugins=[shrink()])
     b.load_state_dict(saved["method"])
     b.optimizers[0].load_state_dict(saved["optimizers"][0])
     assert torch.equal(a.plugins["shrink"].scale, b.plugins["shrink"].scale)
-    assert a.train_step(make_batch(1), 1) == b.train_step(make_batch(1), 1)
+    assert a.train_step(host_batch(1), 1) == b.train_step(host_batch(1), 1)
     assert torch.equal(a.plugins["shrink"].scale, b.plugins["shrink"].scale)
 
 
 def test_update_outside_train_step_is_refused_with_plugins():
-    method = build("source_only", plugin={})
+    method = build("source_only", plugins=[shrink()])
     with pytest.raises(RuntimeError, match="outside train_step"):
-        method.update(make_batch(0), 0)
+        method.update(host_batch(0), 0)
 
 
 def test_multi_stage_host_trains_the_plugin_only_with_its_segmenter():
-    method = build("cyclegan_uda", plugin={}, translate_ratio=0.2)  # 2 translator steps, then segmentation
+    method = build("cyclegan_uda", plugins=[shrink()], translate_ratio=0.2)  # 2 translator steps, then segmentation
     assert method.optimizer_spans[0] == (2, 12)
-    batch = make_batch(0)
+    batch = host_batch(0)
     batch.source_all_x = batch.source_x
-    scale = params(method.plugins["shrink"])
+    scale = params_of(method.plugins["shrink"])
     assert "shrink_shrink" not in method.train_step(batch, 0)
-    assert torch.equal(params(method.plugins["shrink"])[0], scale[0])
+    assert torch.equal(params_of(method.plugins["shrink"])[0], scale[0])
     assert "shrink_shrink" in method.train_step(batch, 2)
 
 

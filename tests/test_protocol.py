@@ -64,7 +64,7 @@ def test_synthetic_split_is_frozen_and_leak_free():
 
 
 def test_streams_follow_the_protocol():
-    from benchmark.trainer import build_streams
+    from benchmark.streams import build_streams
 
     ds = benchmark.get_dataset("synthetic-heart")
     spec = TrialSpec(dataset="synthetic-heart", direction="mr2ct", method="x", shots=4, seed=1, preset="quick")

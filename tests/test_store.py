@@ -23,7 +23,7 @@ def test_lifecycle_missing_incomplete_ok(tmp_path):
     assert d == tmp_path / "trials" / s.trial_id
     assert json.loads((d / "config.json").read_text())["config"] == s.to_dict()
     assert store.status(s) == "incomplete" and store.read(s) is None
-    assert list(store.records()) == [] and store.incomplete() == [s.trial_id]
+    assert list(store.records()) == [] and [p.name for p in store.trials.iterdir()] == [s.trial_id]
     (d / "checkpoint.pt").write_bytes(b"x")
     rec = store.write_result(s, {"summary": {"dice": {"mean": 0.5}}, "volumes": []})
     assert store.status(s) == "ok" and (d / DONE).read_text() == "ok\n"

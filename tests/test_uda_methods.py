@@ -2,50 +2,32 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 
-from benchmark import registry
-from benchmark.hparams import resolve
-from benchmark.method import MethodContext
-from benchmark.models import build_segmenter
+from helpers import build as build_method
+from helpers import params_of, same, tiny_batch
 
-from test_methods_conformance import BACKBONE, CLASSES, tiny_batch
-
-registry.discover()
-
-
-def build(name: str, seed: int = 0, artifacts=None, run_key=None, total_steps: int = 4, **overrides):
-    cls = registry.METHODS.get(name)
-    ctx = MethodContext(in_channels=1, num_classes=CLASSES, device=torch.device("cpu"), total_steps=total_steps,
-                        backbone=lambda classes=CLASSES: build_segmenter(BACKBONE, 1, classes),
-                        artifacts=artifacts, run_key=run_key or {"seed": seed})
-    torch.manual_seed(seed)
-    return cls(ctx, {**resolve(cls.declared_hparams(), 0), **overrides})
-
-
-def snapshot(module: torch.nn.Module) -> list[torch.Tensor]:
-    return [p.detach().clone() for p in module.parameters()]
-
-
-def changed(before: list[torch.Tensor], module: torch.nn.Module) -> bool:
-    return any(not torch.equal(a, b) for a, b in zip(before, module.parameters()))
+#: these methods train with a four-step budget unless a test sets another
+build = partial(build_method, total_steps=4)
 
 
 def test_sifa_segmentation_loss_never_reaches_the_generator():
     # with every translation loss weighted 0, only the segmentation loss is left: it must move the segmenter
     # (E and the classifier) and leave the generator and the reconstruction decoder exactly as they were
     method = build("sifa_lite", cycle_weight=0.0, image_adv_weight=0.0, output_adv_weight=0.0)
-    g_t, dec, seg = snapshot(method.g_t), snapshot(method.decoder_u), snapshot(method.segmenter)
+    g_t, dec, seg = params_of(method.g_t), params_of(method.decoder_u), params_of(method.segmenter)
     method.train()
     method.update(tiny_batch(0), 0)
-    assert changed(seg, method.segmenter)
-    assert not changed(g_t, method.g_t) and not changed(dec, method.decoder_u)
+    assert not same(seg, params_of(method.segmenter))
+    assert same(g_t, params_of(method.g_t)) and same(dec, params_of(method.decoder_u))
     # with the translation losses on, the same step trains the generator too
     method = build("sifa_lite")
-    g_t = snapshot(method.g_t)
+    g_t = params_of(method.g_t)
     method.train()
     method.update(tiny_batch(0), 0)
-    assert changed(g_t, method.g_t)
+    assert not same(g_t, params_of(method.g_t))
 
 
 def test_sifa_one_generator_call_equals_two():
@@ -112,14 +94,14 @@ def test_cyclegan_stages_and_spans():
     method = build("cyclegan_uda", total_steps=10, translate_ratio=0.5, identity_weight=0.0)
     assert method.translate_steps == 5 and method.total_steps == 15
     assert method.optimizer_spans == [(5, 15), (0, 5), (0, 5)]
-    seg = snapshot(method.segmenter)
+    seg = params_of(method.segmenter)
     method.train()
     losses = method.update(tiny_batch(0), 0)
     assert set(losses) == {"g_adv", "cycle", "identity", "disc"} and losses["identity"] == 0.0
-    assert not changed(seg, method.segmenter)                  # stage 1 never touches the segmenter
-    g_st = snapshot(method.g_st)
+    assert same(seg, params_of(method.segmenter))                      # stage 1 never touches the segmenter
+    g_st = params_of(method.g_st)
     assert set(method.update(tiny_batch(1), 5)) == {"seg"}
-    assert not changed(g_st, method.g_st)                      # stage 2 never touches the translator
+    assert same(g_st, params_of(method.g_st))                          # stage 2 never touches the translator
     with_identity = build("cyclegan_uda", identity_weight=0.5)
     with_identity.train()
     assert with_identity.update(tiny_batch(0), 0)["identity"] > 0
