@@ -172,7 +172,7 @@ class SliceCache:
         if key not in self._arrays:
             path = self.path / f"{key}.npy"
             try:
-                self._arrays[key] = np.load(path, mmap_mode="r")
+                self._arrays[key] = np.load(path, mmap_mode="r", allow_pickle=False)
             except (OSError, ValueError) as exc:
                 raise DataError(f"The slice cache file {path} is missing or corrupt ({exc}); delete {self.path} "
                                 f"and run `python -m benchmark prepare` again.") from None

@@ -39,80 +39,124 @@ def _int_list(value: str) -> list[int]:
     return out
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's help with every option's default, except empty ones (no value, a flag that is off)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False or action.default is argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> None:  # exit 2 with a sentence, as argparse does, but never a traceback
         self.print_usage(sys.stderr)
         raise UsageError(f"{self.prog}: {message}")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m benchmark", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+def build_parser(prog: str = "python -m benchmark") -> argparse.ArgumentParser:
+    """The command line; ``prog`` is how usage lines name the command (``fsuda-benchmark`` or ``python -m ...``)."""
+    from . import __version__
+    from .presets import PRESETS
 
-    r = sub.add_parser("run", help="train and evaluate methods over shots, directions and seeds (Ray Tune)")
-    r.add_argument("--methods", type=_csv, default=["source_only", "oracle"],
-                   help="comma-separated method names (default: source_only,oracle); a method may set "
-                        "hyperparameters after colons, e.g. metahallu:meta=false, which is its own leaderboard row, "
-                        "and compose plug-ins after '+', each with its own settings, e.g. "
-                        "metahallu+cdtg or source_only+cdtg:blend=0.5")
-    r.add_argument("--shots", type=_csv, default=["1", "4"], help="labeled source volumes: e.g. 1,4 or all")
-    r.add_argument("--directions", type=_csv, default=None, help="e.g. mr2ct,ct2mr (default: both ways)")
-    r.add_argument("--seeds", type=_int_list, default=[0, 1, 2], help="e.g. 0,1,2 or 0-4 (default: 0,1,2)")
-    r.add_argument("--dataset", default="synthetic-heart")
-    r.add_argument("--data-root", default=None, help="where a real dataset's files are")
-    r.add_argument("--preset", default="quick", help="quick (default), standard or paper")
-    r.add_argument("--steps", type=int, default=None, help="override the preset's number of training steps")
-    r.add_argument("--hparam-samples", type=_int_list, default=[0],
-                   help="hyperparameter samples (0 = defaults); e.g. 0-4")
-    r.add_argument("--out", default=DEFAULT_OUT, help=f"results directory (default: ./{DEFAULT_OUT})")
-    r.add_argument("--cpus-per-trial", type=float, default=1.0)
-    r.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractions allowed, e.g. 0.25")
-    r.add_argument("--address", default=None, help="an existing Ray cluster (default: RAY_ADDRESS or a local Ray)")
-    r.add_argument("--retry-failed", action="store_true", help="run failed trials again")
-    r.add_argument("--dry-run", action="store_true", help="print the plan and stop")
+    presets = "{" + ",".join(PRESETS) + "}"
+    p = _Parser(prog=prog, description=__doc__.splitlines()[0].replace("``python -m benchmark``", prog))
+    p.add_argument("--version", action="version", version=f"fsuda-benchmark {__version__}",
+                   help="print the version and stop")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND",
+                           help="one of the commands below; COMMAND --help describes its options")
+    _add_run_parser(sub, presets)
 
     sub.add_parser("ls", help="list methods and datasets with where each was loaded from")
 
     lb = sub.add_parser("leaderboard", help="print the leaderboards of a run directory or of leaderboards/")
-    lb.add_argument("dir", nargs="?", default=DEFAULT_OUT)
+    lb.add_argument("dir", nargs="?", default=DEFAULT_OUT, help="a run directory (--out of run) or leaderboard CSVs")
 
     pub = sub.add_parser("publish", help="merge a run's rows into leaderboards/<dataset>/<direction>.csv")
-    pub.add_argument("dir", nargs="?", default=DEFAULT_OUT)
-    pub.add_argument("--to", default=None, help="leaderboards directory (default: the repository's leaderboards/)")
+    pub.add_argument("dir", nargs="?", default=DEFAULT_OUT, help="the run directory (--out of run) to publish")
+    pub.add_argument("--to", default=None,
+                     help="leaderboards directory (default: the checkout's leaderboards/; an installed copy needs it)")
 
     pr = sub.add_parser("prepare", help="build a dataset's slice cache")
-    pr.add_argument("dataset", nargs="?", default="synthetic-heart")
-    pr.add_argument("--root", "--data-root", dest="root", default=None)
-    pr.add_argument("--preset", default="quick")
-    pr.add_argument("--workers", type=int, default=None)
+    pr.add_argument("dataset", nargs="?", default="synthetic-heart", help="a registered dataset, as ls lists them")
+    pr.add_argument("--root", "--data-root", dest="root", default=None, help="where a real dataset's files are")
+    pr.add_argument("--preset", default="quick", metavar=presets, help="the preset whose slice size to prepare")
+    pr.add_argument("--workers", type=int, default=None, help="processes reading volumes (default: all cores)")
 
     va = sub.add_parser("validate", help="check every file of a dataset before any training")
-    va.add_argument("dataset")
-    va.add_argument("--root", "--data-root", dest="root", default=None)
+    va.add_argument("dataset", help="a registered dataset, as ls lists them")
+    va.add_argument("--root", "--data-root", dest="root", default=None, help="where the dataset's files are")
     va.add_argument("--workers", type=int, default=None, help="processes reading volumes (default: all cores)")
 
     vi = sub.add_parser("visualize", help="save a PNG grid of a finished trial's images, hallucinations or "
                                           "translations, and target predictions")
     vi.add_argument("method", nargs="?", default=None, help="e.g. metahallu (optional with --trial)")
-    vi.add_argument("--out", default=DEFAULT_OUT, help=f"the run's results directory (default: ./{DEFAULT_OUT})")
+    vi.add_argument("--out", default=DEFAULT_OUT, help="the run's results directory")
     vi.add_argument("--trial", default=None, help="a trial id (its folder name under <out>/trials)")
-    vi.add_argument("--direction", default=None, help="e.g. mr2ct")
-    vi.add_argument("--shots", default=None, help="e.g. 4 or all")
-    vi.add_argument("--seed", type=int, default=None)
-    vi.add_argument("--dataset", default=None)
-    vi.add_argument("--preset", default=None)
-    vi.add_argument("--hparam-sample", type=int, default=None)
-    vi.add_argument("--rows", type=int, default=4, help="examples to draw (default: 4)")
+    vi.add_argument("--direction", default=None, help="the trial's direction, e.g. mr2ct")
+    vi.add_argument("--shots", default=None, help="the trial's shots, e.g. 4 or all")
+    vi.add_argument("--seed", type=int, default=None, help="the trial's seed")
+    vi.add_argument("--dataset", default=None, help="the trial's dataset")
+    vi.add_argument("--preset", default=None, metavar=presets, help="the trial's preset")
+    vi.add_argument("--hparam-sample", type=int, default=None, help="the trial's hyperparameter sample")
+    vi.add_argument("--rows", type=int, default=4, help="examples to draw")
     vi.add_argument("--png", default=None, help="where to write (default: <out>/figures/...png)")
     return p
 
 
+def _add_run_parser(sub, presets: str) -> None:
+    from .tracking import TRACKERS
+
+    r = sub.add_parser("run", help="train and evaluate methods over shots, directions and seeds (Ray Tune)",
+                       description="Train and evaluate every (direction, method, shots, seed) trial on Ray Tune, "
+                                   "showing their progress, and write the leaderboards; finished trials are skipped.")
+    r.add_argument("--methods", type=_csv, default="source_only,oracle",
+                   help="comma-separated method names (ls lists them); a method may set "
+                        "hyperparameters after colons, e.g. metahallu:meta=false, which is its own leaderboard row, "
+                        "and compose plug-ins after '+', each with its own settings, e.g. "
+                        "metahallu+cdtg or source_only+cdtg:blend=0.5")
+    r.add_argument("--shots", type=_csv, default="1,4", help="labeled volumes per trial: e.g. 1,4 or all")
+    r.add_argument("--directions", type=_csv, default=None,
+                   help="source2target, e.g. mr2ct,ct2mr (default: both ways)")
+    r.add_argument("--seeds", type=_int_list, default="0,1,2", help="e.g. 0,1,2 or 0-4")
+    r.add_argument("--dataset", default="synthetic-heart", help="a registered dataset, as ls lists them")
+    r.add_argument("--data-root", default=None, help="where a real dataset's files are")
+    r.add_argument("--preset", default="quick", metavar=presets,
+                   help="the training budget: slice size, steps, batch size, backbone")
+    r.add_argument("--steps", type=int, default=None, help="override the preset's number of training steps")
+    r.add_argument("--hparam-samples", type=_int_list, default="0",
+                   help="hyperparameter samples (0 = defaults); e.g. 0-4")
+    r.add_argument("--out", default=DEFAULT_OUT, help="results directory")
+    r.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPU cores Ray reserves for each trial")
+    r.add_argument("--gpus-per-trial", type=float, default=0.0,
+                   help="GPUs Ray reserves for each trial; fractions share one, e.g. 0.25")
+    r.add_argument("--address", default=None, help="an existing Ray cluster (default: RAY_ADDRESS or a local Ray)")
+    r.add_argument("--retry-failed", action="store_true", help="run failed trials again")
+    r.add_argument("--dry-run", action="store_true", help="print the plan and stop")
+    r.add_argument("--tracker", choices=list(TRACKERS), default=None,
+                   help="also log the trials' losses to an experiment tracker (default: none); it stays local: "
+                        "TensorBoard files, an MLflow store in <out>/mlruns, wandb offline, unless "
+                        "MLFLOW_TRACKING_URI or WANDB_MODE say otherwise")
+    noise = r.add_mutually_exclusive_group()
+    noise.add_argument("-q", "--quiet", action="store_true", help="print only the plan, errors and the final summary")
+    noise.add_argument("-v", "--verbose", action="store_true",
+                       help="also print every line the trials log (steps, evaluation)")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .leaderboard import build_rows, format_table, write_leaderboards
+    from .progress import NORMAL, QUIET, VERBOSE, RunDisplay
     from .protocol import row_name
     from .runner import build_grid, run_grid, run_lock
     from .store import ResultsStore
+    from .tracking import check_tracker, where_tracked
 
+    if args.tracker is not None:
+        check_tracker(args.tracker)
     if args.cpus_per_trial <= 0 or args.gpus_per_trial < 0:
         raise UsageError("--cpus-per-trial must be positive and --gpus-per-trial non-negative.")
     if args.steps is not None and args.steps < 1:
@@ -133,12 +177,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"      {n_ok} already finished, {n_failed} failed earlier"
           f" ({'to retry' if args.retry_failed else 'kept; --retry-failed runs them again'}), {to_run} to run.")
     print(f"      Results: {out / 'trials'}   Leaderboards: {out / 'leaderboards'}")
+    if args.tracker is not None:
+        print(f"      Tracking: {where_tracked(args.tracker, out)}")
     if args.dry_run:
         return 0
+    mode = QUIET if args.quiet else VERBOSE if args.verbose else NORMAL
     t0 = time.perf_counter()
     with run_lock(out):
         summary = run_grid(specs, out, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
-                           address=args.address, retry_failed=args.retry_failed)
+                           address=args.address, retry_failed=args.retry_failed, display=RunDisplay(mode=mode),
+                           log=_silent if mode == QUIET else print, tracker=args.tracker)
         records = list(store.records())
         paths = write_leaderboards(records, out / "leaderboards")
     rows = build_rows(records)
@@ -159,6 +207,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _silent(line: str) -> None:
+    """A log that shows nothing (``run --quiet``)."""
+
+
 def cmd_ls(args: argparse.Namespace) -> int:
     from . import registry
 
@@ -166,7 +218,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     for reg in (registry.METHODS, registry.PLUGINS, registry.DATASETS):
         print(f"{reg.kind}:")
         if not len(reg):
-            print("  (none)")
+            print(f"  (none; looked in {'; '.join(registry.search_locations(reg.kind))})")
         for entry in reg:
             alias = f" (aliases: {', '.join(entry.aliases)})" if entry.aliases else ""
             print(f"  {entry.name:<18} {entry.description}{alias}")
@@ -210,16 +262,21 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 def cmd_publish(args: argparse.Namespace) -> int:
     from .leaderboard import build_rows, publish
-    from .registry import REPO_ROOT
+    from .registry import checkout_root
     from .store import ResultsStore
 
     directory = Path(args.dir)
     if not (directory / "trials").is_dir():
         raise UsageError(f"{directory} is not a run directory (it has no trials/ folder); pass the --out of a run.")
+    checkout = checkout_root()
+    if args.to is None and (checkout is None or not (checkout / "leaderboards").is_dir()):
+        raise UsageError(f"No repository leaderboards/ folder is next to this copy of the suite "
+                         f"({Path(__file__).parent}; an installed copy has none), so publish does not know where to "
+                         f"write: pass --to DIR, e.g. the leaderboards/ folder of a clone of the repository.")
     rows = build_rows(list(ResultsStore(directory).records()))
     if rows.empty:
         raise UsageError(f"{directory} has no finished trials to publish.")
-    target = Path(args.to) if args.to else REPO_ROOT / "leaderboards"
+    target = Path(args.to) if args.to else checkout / "leaderboards"
     for path in publish(rows, target):
         print(f"Published {path}")
     return 0
@@ -274,10 +331,16 @@ COMMANDS = {"run": cmd_run, "ls": cmd_ls, "leaderboard": cmd_leaderboard, "publi
             "prepare": cmd_prepare, "validate": cmd_validate, "visualize": cmd_visualize}
 
 
+def prog_name(argv0: str | None = None) -> str:
+    """How usage lines name the command: the console script by its name, else ``python -m benchmark``."""
+    name = Path(sys.argv[0] if argv0 is None else argv0).name
+    return "fsuda-benchmark" if name.startswith("fsuda-benchmark") else "python -m benchmark"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser(prog_name()).parse_args(argv)
         return COMMANDS[args.command](args)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)

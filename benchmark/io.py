@@ -1,4 +1,4 @@
-"""Crash-safe file writes.
+"""Crash-safe file writes, and the one way the suite reads weights files.
 
 Every helper writes to a temporary file in the destination directory and then
 moves it over the destination with :func:`os.replace`, so a reader sees either
@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import stat
 import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json"]
+from .errors import DataError
+
+__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "load_tensors"]
 
 _DEFAULT_MODE = 0o644
 
@@ -86,3 +89,20 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
     """
     text = json.dumps(obj, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
     return _atomic_write(path, text.encode("utf-8"), fsync=True)
+
+
+def load_tensors(path: str | Path, what: str, map_location: Any = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)``: tensors, numbers, strings and containers of them, never code.
+
+    A file that holds anything else (a pickled object, which could run code when loaded) or is no torch file at all
+    raises :class:`benchmark.errors.DataError` naming ``what`` and the file, in one sentence.
+    """
+    import torch  # here, not at the top: the light modules that write files never need it
+
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"Refusing to load {what} {path}: it is not a plain file of tensors and numbers (torch.load "
+                        f"with weights_only=True said: {first[:200]}). The suite only reads weights files made of "
+                        f"tensors; delete the file or replace it with one the suite wrote.") from None

@@ -166,6 +166,18 @@ Conventions:
   alphabetically in between) and then by shots (numerically, `all` last).
 * Failed trials are never hidden; see `seeds_failed`.
 
+Where the columns come from: every row is built from the records its trials
+wrote into their run's results store (`<run>/trials/<trial id>/result.json`).
+The metric columns aggregate each record's per-volume metrics (`summary`,
+`volumes`); `method`, `shots`, `selection`, `preset`, `protocol`,
+`dataset_version` and `method_version` come from the trial's configuration
+(`config`); `commit` from the record. A record holds more than the row shows:
+the version of every package that can move a number (torch, torchvision,
+numpy, scipy, OpenCV, albumentations, segmentation-models-pytorch, timm,
+nibabel, pydicom, Pillow, edt, pandas, Ray) under `versions`, the labeled
+volumes' IDs under `labeled_volumes`, the device, the determinism settings
+(`determinism`), the final losses and the timing.
+
 ## Columns
 
 Columns appear in the order below; `<S>` stands for each segmentation

@@ -15,6 +15,8 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from .io import load_tensors
+
 
 @contextlib.contextmanager
 def offline() -> Iterator[None]:
@@ -67,7 +69,7 @@ class Segmenter(nn.Module):
             path = Path(spec.weights_path).expanduser()
             if not path.is_file():
                 raise FileNotFoundError(f"Backbone weights file {path} does not exist.")
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = load_tensors(path, "the backbone weights file")
             self.unet.encoder.load_state_dict(state, strict=False)
         self._drop_unreached_encoder_stages(in_channels)
         self.feature_channels = spec.decoder_channels[-1]

@@ -2,17 +2,23 @@
 
 One :class:`Registry` per kind. Plugins register by decorator with a unique name (aliases optional). A duplicate
 name or a class that does not derive from the registry's base class is an error at registration time, and an
-unknown name fails with the list of known names and the closest match.
+unknown name fails with the list of known names, the closest match and where discovery looked.
 
-Plugins live in the repository's ``methods/`` and ``datasets/`` folders; plug-ins, which modify a method
-(``metahallu+cdtg``), live in ``methods/`` beside the methods and register with :func:`register_plugin`. These
-folders are *not* Python packages (they have no ``__init__.py``): :func:`discover` loads each file by path under a
-private module name (``_fsuda_plugins.<kind>.<stem>``), so the repository's ``datasets/`` folder can never shadow
-an installed ``datasets`` package. Installed third-party packages add plugins through the entry point groups
-``fsuda_benchmark.methods``, ``fsuda_benchmark.plugins`` and ``fsuda_benchmark.datasets``: each entry point names a
-module, which is imported and registers its classes by the same decorators. Extra plugin folders can be given in
-the environment variable ``FSUDA_PLUGIN_PATH`` (``os.pathsep``-separated; each folder may hold ``methods/`` and
-``datasets/`` subfolders).
+Plugins live in the plugin folders ``methods/`` and ``datasets/``; plug-ins, which modify a method
+(``metahallu+cdtg``), live in ``methods/`` beside the methods and register with :func:`register_plugin`. A
+checkout's folders are the repository's own; an installed copy ships them inside the package as
+``benchmark/_methods`` and ``benchmark/_datasets`` and loads those (never both, so no plugin is loaded twice).
+The folders have no ``__init__.py``, so the repository's ``datasets/`` can never shadow an installed ``datasets``
+package: :func:`discover` makes each folder a package under a private name (``_fsuda_plugins.<kind>.d<hash>``,
+its ``__path__`` the folder) and loads each plugin file as its submodule. A plugin file can therefore import the
+folder's other files relatively (``from ._shared import natural_key``); files whose name starts with ``_`` are
+such helpers, importable but never loaded as plugins themselves.
+
+Installed third-party packages add plugins through the entry point groups ``fsuda_benchmark.methods``,
+``fsuda_benchmark.plugins`` and ``fsuda_benchmark.datasets``: each entry point names a module, which is imported
+and registers its classes by the same decorators. Extra plugin folders can be given in the environment variable
+``FSUDA_PLUGIN_PATH`` (``os.pathsep``-separated; each folder may hold ``methods/`` and ``datasets/`` subfolders),
+loaded like the built-in ones.
 
 :func:`discover` is explicit, idempotent and what every Ray worker calls: workers receive plugin names, never
 class objects.
@@ -21,7 +27,9 @@ class objects.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import importlib
+import importlib.machinery
 import importlib.metadata
 import importlib.util
 import os
@@ -35,7 +43,12 @@ from .errors import BenchmarkError, UnknownNameError
 
 T = TypeVar("T", bound=type)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+PACKAGE_DIR = Path(__file__).resolve().parent
+#: The folder above the package: the repository in a checkout, ``site-packages`` in an installed copy.
+REPO_ROOT = PACKAGE_DIR.parent
+KINDS = ("methods", "datasets")
+#: Where an installed copy keeps the plugin folders it ships (the build maps ``methods/`` and ``datasets/`` there).
+PACKAGED_FOLDERS = {kind: PACKAGE_DIR / f"_{kind}" for kind in KINDS}
 ENTRY_POINT_GROUPS = {"methods": "fsuda_benchmark.methods", "datasets": "fsuda_benchmark.datasets",
                       "plugins": "fsuda_benchmark.plugins"}
 #: The entry point groups each kind of plugin folder loads with it (plug-ins are loaded with the methods).
@@ -67,9 +80,10 @@ class Entry(Generic[T]):
 class Registry(Generic[T]):
     """A name -> class registry for one kind of plugin."""
 
-    def __init__(self, kind: str, base: Callable[[], type] | type):
+    def __init__(self, kind: str, base: Callable[[], type] | type, looked: Callable[[], str] | None = None):
         self.kind = kind
         self._base = base
+        self._looked = looked  # where discovery looks for this kind, named in unknown-name errors
         self._entries: dict[str, Entry] = {}
         self._aliases: dict[str, str] = {}
 
@@ -124,7 +138,8 @@ class Registry(Generic[T]):
         close = difflib.get_close_matches(name, known + sorted(self._aliases), n=1, cutoff=0.5)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         listing = ", ".join(known) if known else "(none: was discover() called?)"
-        raise UnknownNameError(f"Unknown {self.kind[:-1]} {name!r}.{hint} Known {self.kind}: {listing}.")
+        looked = f" Discovery looked in {self._looked()}." if self._looked else ""
+        raise UnknownNameError(f"Unknown {self.kind[:-1]} {name!r}.{hint} Known {self.kind}: {listing}.{looked}")
 
     def get(self, name: str) -> T:
         """The class registered as ``name`` (or alias); unknown names raise :class:`UnknownNameError`."""
@@ -170,9 +185,13 @@ def _dataset_base() -> type:
     return DatasetAdapter
 
 
-METHODS: Registry = Registry("methods", _method_base)
-PLUGINS: Registry = Registry("plugins", _plugin_base)
-DATASETS: Registry = Registry("datasets", _dataset_base)
+def _looked_for(kind: str) -> Callable[[], str]:
+    return lambda: "; ".join(search_locations(kind))
+
+
+METHODS: Registry = Registry("methods", _method_base, _looked_for("methods"))
+PLUGINS: Registry = Registry("plugins", _plugin_base, _looked_for("plugins"))
+DATASETS: Registry = Registry("datasets", _dataset_base, _looked_for("datasets"))
 
 register_method = METHODS.register
 register_plugin = PLUGINS.register
@@ -182,18 +201,65 @@ _lock = threading.Lock()
 _loaded: set[str] = set()
 
 
+def checkout_root() -> Path | None:
+    """The repository checkout this code runs from (a source tree or an editable install), or None.
+
+    A checkout is the folder above the package when it holds ``pyproject.toml``; an installed copy has
+    ``site-packages`` there, whose ``datasets/`` may be another distribution's and is never searched.
+    """
+    return REPO_ROOT if (REPO_ROOT / "pyproject.toml").is_file() else None
+
+
+def builtin_folder(kind: str) -> Path | None:
+    """The suite's own plugin folder of ``kind``: the one an installed copy ships, else the checkout's, else None."""
+    if PACKAGED_FOLDERS[kind].is_dir():
+        return PACKAGED_FOLDERS[kind]
+    checkout = checkout_root()
+    return checkout / kind if checkout is not None else None
+
+
 def plugin_folders() -> dict[str, list[Path]]:
-    """The folders :func:`discover` loads, per kind: the repository's own, then those in ``FSUDA_PLUGIN_PATH``."""
-    roots = [REPO_ROOT] + [Path(p) for p in os.environ.get(PLUGIN_PATH_ENV, "").split(os.pathsep) if p]
-    return {kind: [root / kind for root in roots] for kind in ("methods", "datasets")}
+    """The folders :func:`discover` loads, per kind: the built-in one, then those in ``FSUDA_PLUGIN_PATH``."""
+    roots = [Path(p) for p in os.environ.get(PLUGIN_PATH_ENV, "").split(os.pathsep) if p]
+    return {kind: [f for f in [builtin_folder(kind)] if f is not None] + [root / kind for root in roots]
+            for kind in KINDS}
+
+
+def search_locations(kind: str) -> list[str]:
+    """Where :func:`discover` looks for plugins of ``kind`` (``methods``, ``plugins`` or ``datasets``), in words."""
+    folder_kind = "datasets" if kind == "datasets" else "methods"
+    folders = [f"{folder} ({'built in' if folder == builtin_folder(folder_kind) else PLUGIN_PATH_ENV}"
+               f"{'' if folder.is_dir() else ', missing'})" for folder in plugin_folders()[folder_kind]]
+    return [*(folders or ["no plugin folder"]), f"the entry point group {ENTRY_POINT_GROUPS[kind]}"]
+
+
+def _folder_package(kind: str, folder: Path) -> str:
+    """The private package whose ``__path__`` is ``folder`` (created once), so the folder's files import each other."""
+    digest = hashlib.sha256(str(folder).encode()).hexdigest()[:8]  # stable across processes, unlike hash()
+    name = f"{_PRIVATE_PREFIX}.{kind}.d{digest}"
+    parent = None
+    for part in (_PRIVATE_PREFIX, f"{_PRIVATE_PREFIX}.{kind}", name):
+        module = sys.modules.get(part)
+        if module is None:
+            spec = importlib.machinery.ModuleSpec(part, None, is_package=True)
+            spec.submodule_search_locations = [str(folder)] if part == name else []
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[part] = module
+            if parent is not None:
+                setattr(parent, part.rpartition(".")[2], module)
+        parent = module
+    return name
 
 
 def _load_file(kind: str, path: Path) -> None:
     key = str(path.resolve())
     if key in _loaded:
         return
-    digest = abs(hash(str(path.parent.resolve()))) % 10**8
-    module_name = f"{_PRIVATE_PREFIX}.{kind}.d{digest}.{path.stem}"
+    package = _folder_package(kind, path.parent.resolve())
+    module_name = f"{package}.{path.stem}"
+    if module_name in sys.modules:  # a sibling plugin already imported this file
+        _loaded.add(key)
+        return
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
         raise RegistryError(f"Cannot load {kind[:-1]} plugin file {path}: Python found no loader for it.")
@@ -207,17 +273,37 @@ def _load_file(kind: str, path: Path) -> None:
     except Exception as exc:
         sys.modules.pop(module_name, None)
         raise RegistryError(
-            f"Loading the {kind[:-1]} plugin file {path} failed with {type(exc).__name__}: {exc}. Fix or remove "
-            f"the file; every file in {path.parent} is loaded as a plugin."
+            f"Loading the {kind[:-1]} plugin file {path} failed with {type(exc).__name__}: {exc}"
+            f"{_failure_site(exc, package, path.parent.resolve())}. Fix or remove the file; every file in "
+            f"{path.parent} whose name does not start with '_' is loaded as a plugin."
         ) from exc
+    setattr(sys.modules[package], path.stem, module)
     _loaded.add(key)
 
 
-def discover(kinds: tuple[str, ...] = ("methods", "datasets")) -> None:
-    """Load every plugin: the repository's folders, ``FSUDA_PLUGIN_PATH`` folders and installed entry points.
+def _failure_site(exc: Exception, package: str, folder: Path) -> str:
+    """Where in ``folder`` a plugin file's exception arose, or which of its relative imports names no file there."""
+    if isinstance(exc, ModuleNotFoundError) and (exc.name or "").startswith(f"{package}."):
+        missing = exc.name[len(package) + 1:].split(".")[0]
+        return f" (it imports {missing!r} relatively, but {folder} has no {missing}.py)"
+    if isinstance(exc, ModuleNotFoundError) and exc.name and (folder / f"{exc.name}.py").is_file():
+        return f" ({exc.name}.py of its folder is imported relatively: from .{exc.name} import ...)"
+    frames = []
+    tb = exc.__traceback__
+    while tb is not None:
+        frames.append(tb)
+        tb = tb.tb_next
+    inside = [f for f in frames if Path(f.tb_frame.f_code.co_filename).resolve().parent == folder]
+    if inside:
+        return f" (raised at {inside[-1].tb_frame.f_code.co_filename}:{inside[-1].tb_lineno})"
+    return ""
 
-    Idempotent and thread-safe. Files whose name starts with ``_`` are skipped (shared helpers for plugins).
-    ``kinds`` restricts loading to some kinds (dataset-only processes need not import torch).
+
+def discover(kinds: tuple[str, ...] = KINDS) -> None:
+    """Load every plugin: the built-in folders, ``FSUDA_PLUGIN_PATH`` folders and installed entry points.
+
+    Idempotent and thread-safe. Files whose name starts with ``_`` are not plugins but helpers the plugin files of
+    their folder import. ``kinds`` restricts loading to some kinds (dataset-only processes need not import torch).
     """
     with _lock:
         for kind, folders in plugin_folders().items():

@@ -4,7 +4,9 @@ Each trial is (dataset, direction, method, shots, seed, hyperparameter sample, p
 marker in the store) are skipped before Ray is even started, so re-running a finished command is fast. Every
 trial runs inside :func:`execute_trial`, which records a failure (exception, diverged loss) in the store instead
 of raising, so one bad trial never stops the others; a trial whose worker died without recording anything is
-recorded as failed from Ray's error after the sweep.
+recorded as failed from Ray's error after the sweep. Every line a trial logs goes to its ``log.txt`` in the store,
+written by the trial's own process; the driver shows the run through :class:`benchmark.progress.RunDisplay`, fed
+by Tune callbacks, and Ray itself prints nothing (no banners, no configuration table, no worker output).
 
 A local Ray is started for the run (its temporary files under the run's directory when the path is short
 enough for Ray's sockets) and shut down afterwards; ``address`` (or ``RAY_ADDRESS``) connects to an existing
@@ -21,6 +23,7 @@ import os
 import shutil
 import tempfile
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -29,10 +32,12 @@ from . import registry
 from .errors import UsageError
 from .hparams import resolve
 from .presets import get_preset
+from .progress import TRIAL_LOG, RunDisplay, TrialLog, append_log_line
 from .protocol import (SELECTION_POLICIES, TrialSpec, format_variant, parse_direction, parse_method_entry,
                        parse_shots, row_name)
 from .registry import REPO_ROOT
 from .store import ResultsStore
+from .tracking import RAY_RESULTS
 
 #: Ray's unix socket paths must stay under ~107 bytes; its session folder adds about 70 characters.
 MAX_RAY_TEMP_LEN = 36
@@ -142,20 +147,26 @@ def choose_device(gpu_ids: Sequence[Any], cuda_available: bool) -> str:
 
 def execute_trial(spec: TrialSpec, store: ResultsStore, *, device: str = "cpu", report=None,
                   log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run one trial and record its outcome in the store; failures are recorded, never raised."""
+    """Run one trial and record its outcome in the store; failures are recorded, never raised.
+
+    Every line the trial logs is appended to its ``log.txt`` (a failure with its traceback) and passed to ``log``.
+    """
     from .trainer import run_trial
 
     status = store.status(spec)
     if status in ("ok", "failed"):
         return store.read(spec)
     trial_dir = store.start(spec)
-    t0 = time.perf_counter()
-    try:
-        result = run_trial(spec, trial_dir, device=device, report=report, log=log)
-    except Exception as exc:  # noqa: BLE001 - any failure of a trial is recorded, not propagated
-        log(f"[{spec.label}] FAILED: {type(exc).__name__}: {exc}")
-        return store.write_failure(spec, exc, timing={"total_s": round(time.perf_counter() - t0, 3)})
-    return store.write_result(spec, result)
+    with TrialLog(trial_dir / TRIAL_LOG, echo=log) as trial_log:
+        trial_log.header(f"{spec.label} ({spec.trial_id}) starts on {device}")
+        t0 = time.perf_counter()
+        try:
+            result = run_trial(spec, trial_dir, device=device, report=report, log=trial_log)
+        except Exception as exc:  # noqa: BLE001 - any failure of a trial is recorded, not propagated
+            trial_log(f"[{spec.label}] FAILED: {type(exc).__name__}: {exc}")
+            trial_log.write(traceback.format_exc())
+            return store.write_failure(spec, exc, timing={"total_s": round(time.perf_counter() - t0, 3)})
+        return store.write_result(spec, result)
 
 
 def _tune_trainable(config: dict[str, Any]) -> None:
@@ -193,9 +204,14 @@ def run_lock(out: Path) -> Iterator[None]:
 @contextlib.contextmanager
 def ray_session(out: Path, *, address: str | None, num_cpus: int | None = None, num_gpus: float | None = None
                 ) -> Iterator[dict[str, Any]]:
-    """Start (or connect to) Ray for the duration of a run; a local Ray is stopped afterwards."""
+    """Start (or connect to) Ray for the duration of a run; a local Ray is stopped afterwards.
+
+    Trials' output stays out of the driver's console (``log_to_driver=False``): each trial writes its ``log.txt``.
+    What Ray still prints itself (a message that a worker died) comes without colour codes.
+    """
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # Ray's own messages (a worker died) without colour codes
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     import ray
 
@@ -205,7 +221,7 @@ def ray_session(out: Path, *, address: str | None, num_cpus: int | None = None, 
                      "PYTHONPATH": os.pathsep.join(p for p in [str(REPO_ROOT), os.environ.get("PYTHONPATH")] if p)})
     temp_owned = None
     kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env_vars}, "include_dashboard": False,
-                              "logging_level": logging.WARNING, "log_to_driver": True}
+                              "logging_level": logging.WARNING, "log_to_driver": False}
     if address:
         ray.init(address=address, **kwargs)
     else:
@@ -224,18 +240,30 @@ def ray_session(out: Path, *, address: str | None, num_cpus: int | None = None, 
 
 
 def make_tuner(trainable: Callable[[dict[str, Any]], None], param_space: dict[str, Any], out: Path,
-               cpus_per_trial: float, gpus_per_trial: float):
+               cpus_per_trial: float, gpus_per_trial: float, *, callbacks: Sequence[Any] = (),
+               tracker: str | None = None):
     """A Tuner running ``trainable`` once per entry of ``param_space["spec"]`` with per-trial resources.
 
     Ray packs trials onto the cluster by these resources: with ``gpus_per_trial=0.5`` two trials share a GPU.
+    Tune prints nothing itself: its legacy output engine at verbosity 0 is silent (the default one always prints
+    a configuration table and result paths), a failed trial's traceback is left to the run's own report, and only
+    the loggers given here run (Ray's CSV and JSON files, and ``tracker``'s logger if one is asked for), never an
+    automatic TensorBoard one.
     """
     from ray import tune
 
+    from .tune_callbacks import logger_callbacks
+
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
     space = dict(param_space, spec=tune.grid_search(list(param_space["spec"])))
     return tune.Tuner(
         tune.with_resources(trainable, {"cpu": cpus_per_trial, "gpu": gpus_per_trial}), param_space=space,
         tune_config=tune.TuneConfig(num_samples=1, reuse_actors=True),
-        run_config=tune.RunConfig(name="fsuda", storage_path=str((out / "ray_results").resolve()), verbose=0,
+        run_config=tune.RunConfig(name=RAY_RESULTS.name, storage_path=str((out / RAY_RESULTS.parent).resolve()),
+                                  verbose=0,
+                                  callbacks=[*callbacks, *logger_callbacks(tracker, out)],
                                   failure_config=tune.FailureConfig(max_failures=0, fail_fast=False)),
     )
 
@@ -251,8 +279,13 @@ class RunSummary:
 
 def run_grid(specs: list[TrialSpec], out: Path, *, cpus_per_trial: float = 1, gpus_per_trial: float = 0,
              address: str | None = None, retry_failed: bool = False, num_cpus: int | None = None,
-             num_gpus: float | None = None, log: Callable[[str], None] = print) -> RunSummary:
-    """Run every unfinished trial of ``specs`` on Ray Tune, recording each in ``out``'s results store."""
+             num_gpus: float | None = None, log: Callable[[str], None] = print, display: RunDisplay | None = None,
+             tracker: str | None = None) -> RunSummary:
+    """Run every unfinished trial of ``specs`` on Ray Tune, recording each in ``out``'s results store.
+
+    ``display`` shows the run as it goes (default: the standard display on stdout); ``tracker`` names an
+    experiment tracker of :data:`benchmark.tracking.TRACKERS` that the trials' losses are logged to.
+    """
     store = ResultsStore(out)
     todo = []
     for spec in specs:
@@ -265,28 +298,54 @@ def run_grid(specs: list[TrialSpec], out: Path, *, cpus_per_trial: float = 1, gp
     if not todo:
         return RunSummary(len(specs), len(specs), 0, 0, 0)
 
+    from .tune_callbacks import ProgressCallback
+
     _prepare_caches(todo, log)
     # Ctrl-C must stop the run, not end it: Tune's own handler would stop every trial gracefully and report the
     # unfinished ones as errors, which this function would then record as failed. Without it the interrupt
     # reaches the caller, Ray shuts down, finished trials stay recorded and unfinished ones resume next time.
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     param_space = {"spec": [s.to_dict() for s in todo], "store": str(store.root.resolve()), "cpus": cpus_per_trial}
+    display = display or RunDisplay()
+    # a resumed trial's log already holds its earlier attempts; a verbose display shows only what comes now
+    offsets = {s.trial_id: _size(store.trial_dir(s) / TRIAL_LOG) for s in todo}
+    progress = ProgressCallback(display, store, log_offsets=offsets)
     with ray_session(out, address=address, num_cpus=num_cpus, num_gpus=num_gpus):
-        grid = make_tuner(_tune_trainable, param_space, out, cpus_per_trial, gpus_per_trial).fit()
+        display.begin(len(todo), skipped=len(specs) - len(todo))
+        try:
+            tuner = make_tuner(_tune_trainable, param_space, out, cpus_per_trial, gpus_per_trial,
+                               callbacks=[progress], tracker=tracker)
+            grid = tuner.fit()
+        finally:
+            display.close()
         errors = {}
         for result in grid:
             if result.error is not None and result.config:
                 errors[TrialSpec.from_dict(result.config["spec"]).trial_id] = result.error
+    return _count_outcomes(specs, todo, store, errors)
+
+
+def _count_outcomes(specs: list[TrialSpec], todo: list[TrialSpec], store: ResultsStore,
+                    errors: dict[str, Any]) -> RunSummary:
+    """The run's summary; a trial whose worker died unrecorded is recorded as failed with Ray's error."""
     ok = failed = 0
     for spec in todo:
         status = store.status(spec)
         if status not in ("ok", "failed"):
             err = errors.get(spec.trial_id, "the trial's worker stopped without recording a result")
             store.write_failure(spec, f"Ray reported: {err}")
+            append_log_line(store.trial_dir(spec) / TRIAL_LOG, f"[{spec.label}] FAILED: Ray reported: {err}")
             status = "failed"
         ok += status == "ok"
         failed += status == "failed"
     return RunSummary(len(specs), len(specs) - len(todo), len(todo), ok, failed)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 def _prepare_caches(specs: list[TrialSpec], log: Callable[[str], None]) -> None:

@@ -8,6 +8,7 @@
   them);
 * ``result.json``: the record (status ``ok`` or ``failed``, error, per-volume metrics, summary, timing, software
   versions, commit);
+* ``log.txt``: every line the trial logged, attempt after attempt (a resumed or retried trial appends);
 * ``DONE``: the completion marker, written last and atomically. A directory without it is an unfinished trial,
   which a later run resumes from its checkpoint; a record is trusted only when the marker exists.
 """
@@ -23,36 +24,48 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator
 
-from .io import atomic_write_json, atomic_write_text
+from .io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from .protocol import TrialSpec
-from .registry import REPO_ROOT
+from .registry import checkout_root
 
 DONE = "DONE"
 RESULT = "result.json"
 CONFIG = "config.json"
+TRIAL_LOG = "log.txt"
 
 
 @lru_cache(maxsize=1)
 def git_commit() -> str:
-    """The short commit of the repository the code runs from, ``-dirty`` if tracked files changed."""
+    """The short commit of the checkout the code runs from, ``-dirty`` if tracked files changed; ``unknown`` for an
+    installed copy (whose site-packages may sit inside some other repository)."""
+    root = checkout_root()
+    if root is None:
+        return "unknown"
     try:
-        head = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "--short=12", "HEAD"],
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
                               capture_output=True, text=True, timeout=10)
         if head.returncode != 0:
             return "unknown"
-        dirty = subprocess.run(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
                                capture_output=True, text=True, timeout=10)
         return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
 
+#: The distributions whose versions can move a trial's numbers (OpenCV resizes slices and albumentations augments
+#: them; scipy, edt and nibabel read and score volumes), recorded in every trial's ``result.json``.
+NUMERIC_PACKAGES = ("fsuda-benchmark", "torch", "torchvision", "segmentation-models-pytorch", "timm", "numpy",
+                    "scipy", "opencv-python-headless", "albumentations", "nibabel", "pydicom", "pillow", "edt",
+                    "pandas", "ray")
+
+
 def software_versions() -> dict[str, str]:
+    """Python, the platform, and the version of each of :data:`NUMERIC_PACKAGES` (``not installed`` if absent)."""
     from importlib import metadata
 
     versions = {"python": platform.python_version(), "platform": platform.platform()}
-    for dist in ("fsuda-benchmark", "torch", "segmentation-models-pytorch", "numpy", "albumentations", "ray",
-                 "edt", "pandas"):
+    for dist in NUMERIC_PACKAGES:
         try:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -80,10 +93,15 @@ class ResultsStore:
         return "incomplete" if d.exists() else "missing"
 
     def start(self, spec: TrialSpec, *, fresh: bool = False) -> Path:
-        """Create the trial directory and write its configuration (``fresh`` discards an earlier attempt)."""
+        """Create the trial directory and write its configuration (``fresh`` discards an earlier attempt but its
+        log, which the new attempt appends to)."""
         d = self.trial_dir(spec)
         if fresh and d.exists():
+            log = (d / TRIAL_LOG).read_bytes() if (d / TRIAL_LOG).exists() else None
             shutil.rmtree(d)
+            if log is not None:
+                d.mkdir(parents=True)
+                atomic_write_bytes(d / TRIAL_LOG, log)
         d.mkdir(parents=True, exist_ok=True)
         (d / DONE).unlink(missing_ok=True)
         atomic_write_json(d / CONFIG, {"trial_id": spec.trial_id, "label": spec.label, "config": spec.to_dict()})

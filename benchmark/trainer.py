@@ -22,10 +22,11 @@ from . import registry
 from .cache import PreprocessSettings, SliceCache, prepare
 from .data import BatchSampler
 from .errors import TrialDiverged
-from .io import atomic_write_bytes
+from .io import atomic_write_bytes, load_tensors
 from .method import Method, MethodContext
 from .metrics import evaluate_volume, mean_over_structures
 from .models import build_segmenter
+from .progress import HEARTBEAT
 from .protocol import TrialSpec, derive_seed, parse_direction
 from .streams import Batch, build_streams
 
@@ -33,6 +34,8 @@ CHECKPOINT = "checkpoint.pt"
 #: The final weights of a trial (``{"method": state_dict, "step": steps}``), kept after it finishes for inspection.
 FINAL_WEIGHTS = "model.pt"
 Reporter = Callable[[dict[str, Any]], None]
+#: Between logged steps, a trial reports its step at most this often (a heartbeat for the live display).
+PROGRESS_EVERY_S = 2.0
 
 
 def lr_lambda(warmup: int, total: int, start: int = 0) -> Callable[[int], float]:
@@ -132,7 +135,7 @@ def _resume(path: Path, method: Method, schedulers: list, device: torch.device) 
     """Load the trial's own checkpoint into ``method`` and its schedules; (step, training seconds) to go on from."""
     if not path.exists():
         return 0, 0.0
-    state = torch.load(path, map_location=device, weights_only=True)
+    state = load_tensors(path, "the training checkpoint", map_location=device)
     method.load_state_dict(state["method"])
     for opt, s in zip(method.optimizers, state["optimizers"]):
         opt.load_state_dict(s)
@@ -147,6 +150,9 @@ def train(spec: TrialSpec, method: Method, sampler: BatchSampler, trial_dir: Pat
 
     Step ``t`` re-seeds torch from ``(seed, t)`` and draws its batch from the sampler's step ``t``; a checkpoint is
     written atomically every ``checkpoint_every`` steps, so an interrupted trial resumes exactly where it stopped.
+    Every ``log_every`` steps it logs a step line and reports ``{"step", "total_steps", "timesteps_total", losses}``;
+    in between (and once before the first step) it reports its step alone, flagged as a heartbeat, at most every
+    :data:`PROGRESS_EVERY_S` seconds. Reporting reads no random state, so it never changes a trial's numbers.
     """
     settings = spec.preset_settings
     total = int(method.total_steps)
@@ -157,6 +163,7 @@ def train(spec: TrialSpec, method: Method, sampler: BatchSampler, trial_dir: Pat
         log(f"[{spec.label}] resuming from step {start}")
     t_train = time.perf_counter()
     losses: dict[str, float] = {}
+    last_report = _report_step(report, start, total, None)
     for step in range(start, total):
         torch.manual_seed(derive_seed("step", spec.seed, step))
         batch: Batch = sampler.batch(step).to(device)
@@ -179,9 +186,31 @@ def train(spec: TrialSpec, method: Method, sampler: BatchSampler, trial_dir: Pat
         if done % settings["log_every"] == 0 or done == total:
             log(f"[{spec.label}] step {done}/{total} " + " ".join(f"{k}={v:.4f}" for k, v in losses.items())
                 + f" ({elapsed:.0f}s)")
-            if report is not None:
-                report({"step": done, **losses})
+            last_report = _report_step(report, done, total, losses)
+        elif time.monotonic() - last_report >= PROGRESS_EVERY_S:
+            last_report = _report_step(report, done, total, None)
     return losses, train_s + time.perf_counter() - t_train
+
+
+def _report_step(report: Reporter | None, step: int, total: int, losses: dict[str, float] | None) -> float:
+    """Report a logged step with its losses, or (``losses=None``) a heartbeat; returns when it reported."""
+    if report is not None:
+        extra = losses if losses is not None else {HEARTBEAT: 1}
+        report({"step": step, "total_steps": total, "timesteps_total": step, **extra})
+    return time.monotonic()
+
+
+def determinism_settings(device: torch.device) -> dict[str, Any]:
+    """The settings that decide whether a trial repeats bit for bit, as recorded in its ``result.json``."""
+    cuda = device.type == "cuda"
+    return {"seeding": "initialisation from (seed); step t re-seeds torch from (seed, t); batches and augmentation "
+                       "from (seed, t, stream)",
+            "torch_threads": torch.get_num_threads(),
+            "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+            "cudnn_deterministic": bool(torch.backends.cudnn.deterministic),
+            "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
+            "cuda": torch.version.cuda if cuda else None,
+            "cudnn": torch.backends.cudnn.version() if cuda else None}
 
 
 def run_trial(spec: TrialSpec, trial_dir: Path, *, device: torch.device | str = "cpu",
@@ -212,4 +241,6 @@ def run_trial(spec: TrialSpec, trial_dir: Path, *, device: torch.device | str = 
     return {"structures": structures, "volumes": volumes, "summary": summary, "final_losses": losses,
             "timing": {"train_s": round(train_s, 3), "eval_s": round(eval_s, 3),
                        "total_s": round(time.perf_counter() - t0, 3)},
-            "device": str(device)}
+            "device": str(device), "determinism": determinism_settings(device),
+            "labeled_volumes": {name: {"modality": s.modality, "cases": list(s.cases)}
+                                for name, s in streams.items() if s.labeled}}

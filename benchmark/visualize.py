@@ -21,6 +21,7 @@ import torch
 from . import registry
 from .cache import PreprocessSettings, prepare
 from .errors import BenchmarkError, UsageError
+from .io import load_tensors
 from .protocol import TrialSpec, derive_seed, parse_direction, row_name, select_labeled
 from .runner import entry_row_name
 from .store import ResultsStore
@@ -97,7 +98,7 @@ def load_trial_method(store: ResultsStore, record: dict[str, Any], device: str =
     settings = spec.preset_settings
     cache = prepare(adapter, PreprocessSettings(size=settings["size"]), workers=1, log=lambda s: None)
     method = build_method(spec, method_context(spec, adapter, cache, torch.device(device))).to(device)
-    state = torch.load(weights, map_location=device, weights_only=True)
+    state = load_tensors(weights, f"the final weights of trial {spec.trial_id}", map_location=device)
     try:
         method.load_state_dict(state["method"])
     except RuntimeError as exc:

@@ -14,6 +14,8 @@ from benchmark.dataset import CaseArrays, FileDatasetAdapter
 from benchmark.errors import DataError
 from benchmark.registry import register_dataset
 
+from ._shared import natural_key, with_shared_code
+
 CLASSES = {"liver": 1, "right_kidney": 2, "left_kidney": 3, "spleen": 4}
 
 #: CHAOS MR ground truth (PNG): liver 63, right kidney 126, left kidney 189, spleen 252. The organisers define
@@ -30,11 +32,6 @@ BTCV_MAP = {1: 4, 2: 2, 3: 3, 6: 1}
 BTCV_VALUES = tuple(range(14))
 
 _BTCV_FILE = re.compile(r"^(img|label)(\d{4})\.nii(\.gz)?$")
-
-
-def natural_key(path: Path) -> list:
-    """Sort key that orders ``IMG-0002-00010`` after ``IMG-0002-00009``."""
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name)]
 
 
 def read_png(path: str | Path) -> np.ndarray:
@@ -116,6 +113,9 @@ class ChaosBTCV(FileDatasetAdapter):
               "or two folders deeper), and ROOT/img/img0001.nii.gz with ROOT/label/label0001.nii.gz (BTCV, also "
               "ROOT/<folder>/img or ROOT/<folder>/Training/img)")
     preprocessing: ClassVar[dict[str, Any]] = {"crop": "body", "normalise": "volume"}
+
+    def fingerprint(self) -> str:
+        return with_shared_code(super().fingerprint())
 
     # -- where the files are -----------------------------------------------------------------------------------
     @cached_property

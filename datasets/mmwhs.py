@@ -10,14 +10,9 @@ from typing import Any, ClassVar
 from benchmark.dataset import CaseArrays, FileDatasetAdapter
 from benchmark.registry import register_dataset
 
-_FILE = re.compile(r"^(ct|mr)_train_(\d{4})_(image|label)\.nii(\.gz)?$")
+from ._shared import MMWHS_CLASSES, MMWHS_LABEL_MAP, MMWHS_RAW_LABELS, with_shared_code
 
-#: MM-WHS label values: 205 myocardium, 420 left atrium, 500 left ventricle, 550 right atrium, 600 right
-#: ventricle, 820 ascending aorta, 850 pulmonary artery. 421 occurs in one released MR label file for a few
-#: left-atrium voxels (a known slip of the release) and is read as 420.
-RAW_LABELS = (0, 205, 420, 421, 500, 550, 600, 820, 850)
-CLASSES = {"MYO": 1, "LAC": 2, "LVC": 3, "AA": 4}
-LABEL_MAP = {205: 1, 420: 2, 421: 2, 500: 3, 820: 4}
+_FILE = re.compile(r"^(ct|mr)_train_(\d{4})_(image|label)\.nii(\.gz)?$")
 
 
 @register_dataset("mmwhs")
@@ -53,7 +48,7 @@ class MMWHS(FileDatasetAdapter):
 
     version = "1"
     modalities = ("mr", "ct")
-    classes: ClassVar[dict[str, int]] = dict(CLASSES)
+    classes: ClassVar[dict[str, int]] = dict(MMWHS_CLASSES)
     slice_axis = 1
     split_file = "mmwhs.split.json"
     citation = ("Zhuang & Shen, MedIA 31:77-87, 2016; Zhuang et al., Evaluation of algorithms for multi-modality "
@@ -66,6 +61,9 @@ class MMWHS(FileDatasetAdapter):
         "crop": "body", "crop_fov_mm": (240.0, None, 240.0), "clip_low": 0.0, "clip_high": 99.0,
         "normalise": "volume",
     }
+
+    def fingerprint(self) -> str:
+        return with_shared_code(super().fingerprint())
 
     @cached_property
     def _found(self) -> dict[str, dict[str, dict[str, list[Path]]]]:
@@ -99,6 +97,6 @@ class MMWHS(FileDatasetAdapter):
         from benchmark.formats import read_nifti_pair
 
         image_path = self._path(modality, case_id, "image")
-        read = read_nifti_pair(image_path, self._path(modality, case_id, "label"), mapping=LABEL_MAP,
-                               allowed=RAW_LABELS, problems=problems)
+        read = read_nifti_pair(image_path, self._path(modality, case_id, "label"), mapping=MMWHS_LABEL_MAP,
+                               allowed=MMWHS_RAW_LABELS, problems=problems)
         return None if read is None else (*read, image_path)

@@ -18,13 +18,10 @@ from benchmark.dataset import CaseArrays, FileDatasetAdapter
 from benchmark.errors import DataError
 from benchmark.registry import register_dataset
 
-CLASSES = {"MYO": 1, "LAC": 2, "LVC": 3, "AA": 4}
+from ._shared import MMWHS_CLASSES, MMWHS_LABEL_MAP, MMWHS_RAW_LABELS, natural_key, with_shared_code
+
 FEATURES = ("data_vol", "label_vol", "dsize_dim0", "dsize_dim1", "dsize_dim2", "lsize_dim0", "lsize_dim1",
             "lsize_dim2")
-#: Raw MM-WHS values, accepted in test label files that were not converted to class indices.
-MMWHS_RAW = {205: 1, 420: 2, 421: 2, 500: 3, 820: 4}
-MMWHS_VALUES = (0, 205, 420, 421, 500, 550, 600, 820, 850)
-
 _LIST = re.compile(r"^(?:(?P<m1>ct|mr)_(?:train|val)_list(?:\.txt)?|(?:training|validation|train|val)_(?P<m2>ct|mr)"
                    r"(?:_list)?\.txt)$", re.IGNORECASE)
 _TEST_NIFTI = re.compile(r"^image_(ct|mr)_(\d{4})\.nii(\.gz)?$", re.IGNORECASE)
@@ -35,10 +32,6 @@ MATCH_CORRELATION = 0.98
 #: A slice chain is a test subject's when at least this fraction of its slices match that subject's slices.
 CHAIN_MATCH_FRACTION = 0.5
 _INVENTORY_VERSION = "1"
-
-
-def _natural(path: Path) -> list:
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(path))]
 
 
 def _digest(*parts: bytes) -> str:
@@ -102,7 +95,7 @@ class MMWHS2D(FileDatasetAdapter):
 
     version = "1"
     modalities = ("mr", "ct")
-    classes: ClassVar[dict[str, int]] = dict(CLASSES)
+    classes: ClassVar[dict[str, int]] = dict(MMWHS_CLASSES)
     slice_axis = 2
     split_file = "mmwhs_2d.split.json"
     descriptions_file = "mmwhs.classes.json"  # the same structures as MM-WHS
@@ -116,6 +109,9 @@ class MMWHS2D(FileDatasetAdapter):
     preprocessing: ClassVar[dict[str, Any]] = {"clip_low": 0.0, "clip_high": 100.0, "normalise": "none"}
     subject_kind = "test subject"  # the training subjects are chains of records, never files of their own
 
+    def fingerprint(self) -> str:
+        return with_shared_code(super().fingerprint())
+
     # -- finding files -----------------------------------------------------------------------------------------
     def _list_files(self, modality: str) -> list[Path]:
         folders = [self.root, self.root / "datalist", self.root / "data" / "datalist"]
@@ -125,7 +121,7 @@ class MMWHS2D(FileDatasetAdapter):
                 m = _LIST.match(path.name)
                 if m and path.is_file() and (m.group("m1") or m.group("m2")).lower() == modality:
                     found.append(path)
-        return sorted(found, key=lambda p: ("val" in p.name.lower(), _natural(p)))
+        return sorted(found, key=lambda p: ("val" in p.name.lower(), natural_key(p)))
 
     @cached_property
     def _tfrecords_by_name(self) -> dict[str, list[Path]]:
@@ -138,7 +134,7 @@ class MMWHS2D(FileDatasetAdapter):
         lists = self._list_files(modality)
         if not lists:
             return sorted((p for ps in self._tfrecords_by_name.values() for p in ps
-                           if p.name.lower().startswith(f"{modality}_")), key=_natural)
+                           if p.name.lower().startswith(f"{modality}_")), key=natural_key)
         files = []
         for lst in lists:
             try:
@@ -260,7 +256,7 @@ class MMWHS2D(FileDatasetAdapter):
             return None
         raw_values = raw[raw != 0]
         if raw_values.size and np.nanmax(raw_values) > 4:  # raw MM-WHS values, not yet class indices
-            label = map_labels(raw, MMWHS_RAW, MMWHS_VALUES, str(source), problems)
+            label = map_labels(raw, MMWHS_LABEL_MAP, MMWHS_RAW_LABELS, str(source), problems)
         else:
             label = map_labels(raw, {c: c for c in range(1, 5)}, range(5), str(source), problems)
         if label is None or len(problems) > before:

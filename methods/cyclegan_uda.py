@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from benchmark.blocks import (ImagePool, PatchDiscriminator, ResnetGenerator, gan_adam, gan_loss,
                               set_requires_grad)
 from benchmark.hparams import HParam, choice, log_uniform, uniform
-from benchmark.io import atomic_write_bytes
+from benchmark.io import atomic_write_bytes, load_tensors
 from benchmark.losses import dice_ce_loss
 from benchmark.method import SegmenterMethod
 from benchmark.registry import register_method
@@ -98,7 +98,7 @@ class CycleGANUDA(SegmenterMethod):
     def _try_load_translator(self) -> None:
         path = self._translator_path()
         if path is not None and path.exists():
-            self.g_st.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            self.g_st.load_state_dict(load_tensors(path, "the shared translator"))
             self.translator_ready.fill_(True)
 
     def _save_translator(self) -> None:

@@ -118,3 +118,26 @@ def step_with_target(method: Method, batch: Batch, target_seed: int, step: int =
         torch.manual_seed(torch_seed)
     losses = method.update(batch, step)
     return losses, params_of(method.segmenter)
+
+
+def finished_run(out: Path, cache_dir: str, methods: Sequence[str], **grid: Any) -> list[tuple[Any, dict]]:
+    """(spec, record) of 2-step quick-preset trials run into the results store at ``out``; each must finish ok.
+
+    ``grid`` gives :func:`benchmark.runner.build_grid`'s ``shots``, ``directions`` and ``seeds``.
+    """
+    import pytest
+
+    from benchmark.runner import build_grid, execute_trial
+    from benchmark.store import ResultsStore
+
+    store = ResultsStore(out)
+    done = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FSUDA_CACHE", cache_dir)
+        for spec in build_grid(dataset="synthetic-heart", methods=list(methods), preset="quick",
+                               preset_overrides={"steps": 2}, **grid):
+            record = execute_trial(spec, store, log=lambda s: None)
+            assert record["status"] == "ok", record.get("error")
+            done.append((spec, record))
+    return done
+

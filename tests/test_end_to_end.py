@@ -1,9 +1,14 @@
-"""A tiny end-to-end run on Ray Tune: trials recorded, failures isolated, leaderboards written, reruns skip."""
+"""A tiny end-to-end run on Ray Tune: trials recorded, failures isolated, leaderboards written, reruns skip; what
+the command prints (plain lines when its output is not a terminal) and each trial's log.txt."""
 
 from __future__ import annotations
 
 import csv
 import json
+import os
+import re
+import subprocess
+import sys
 import textwrap
 
 import pytest
@@ -47,11 +52,16 @@ def plugin_dir(tmp_path, monkeypatch):
 def test_tiny_ray_run_records_everything(tmp_path, plugin_dir, capsys):
     out = tmp_path / "run"
     args = ["run", "--methods", "source_only,oracle,crashes_e2e,diverges_e2e", "--shots", "1", "--directions",
-            "mr2ct", "--seeds", "0", "--steps", "3", "--out", str(out)]
+            "mr2ct", "--seeds", "0", "--steps", "3", "--out", str(out), "--verbose"]
     assert main(args) == 1  # two trials failed, so the command reports failure ...
     captured = capsys.readouterr()
     assert "Plan: 4 trials" in captured.out
     assert "deliberate crash in update" in captured.err and "diverged" in captured.err
+    # --verbose shows the trials' own lines, as each trial's log.txt holds them
+    for method in ("source_only", "oracle"):
+        assert f"[synthetic-heart/mr2ct/{method}/1shot/seed0] step 3/3 " in captured.out
+    assert "[synthetic-heart/mr2ct/crashes_e2e/1shot/seed0] FAILED: RuntimeError: deliberate crash" in captured.out
+    assert len(trial_lines(captured.out, 4)) == 4
 
     store = ResultsStore(out)
     records = {r["config"]["method"]: r for r in store.records()}
@@ -61,6 +71,9 @@ def test_tiny_ray_run_records_everything(tmp_path, plugin_dir, capsys):
     assert records["diverges_e2e"]["error"].startswith("TrialDiverged: Trial synthetic-heart/mr2ct/diverges_e2e")
     assert len(records["source_only"]["volumes"]) == 6
     assert all((d / DONE).exists() for d in store.trials.iterdir())  # no trial left unfinished
+    logs = {m: (out / "trials" / r["trial_id"] / "log.txt").read_text() for m, r in records.items()}
+    assert "Traceback (most recent call last)" in logs["crashes_e2e"]  # a failed trial keeps its log
+    assert "FAILED: TrialDiverged" in logs["diverges_e2e"]
 
     rows = list(csv.DictReader((out / "leaderboards" / "synthetic-heart" / "mr2ct.csv").open()))
     by_method = {r["method"]: r for r in rows}
@@ -86,6 +99,55 @@ def test_tiny_ray_run_records_everything(tmp_path, plugin_dir, capsys):
     assert main(["publish", str(out), "--to", str(published)]) == 0
     assert (published / "synthetic-heart" / "mr2ct.csv").exists() and (published / "README.md").exists()
     json.loads((out / "trials" / records["oracle"]["trial_id"] / "result.json").read_text())
+
+
+def trial_lines(output: str, total: int) -> list[str]:
+    """The lines that report a finished or failed trial: ``[k/total] ok ...`` or ``[k/total] FAILED ...``."""
+    return [line for line in output.splitlines() if re.match(rf"\[ *\d+/{total}\] (ok|FAILED) ", line)]
+
+
+def run_to_pipe(*args: str) -> subprocess.CompletedProcess:
+    """``python -m benchmark`` with its output to a pipe (not a terminal), stdout and stderr together."""
+    return subprocess.run([sys.executable, "-m", "benchmark", *args], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_output_to_a_file_is_plain_lines_and_every_trial_keeps_a_log(tmp_path):
+    out = tmp_path / "run"
+    res = run_to_pipe("run", "--methods", "source_only,oracle", "--shots", "1", "--directions", "mr2ct",
+                      "--seeds", "0", "--steps", "3", "--out", str(out))
+    assert res.returncode == 0, res.stdout
+    text = res.stdout
+    assert "\x1b" not in text  # no colour or cursor codes
+    assert "pid=" not in text and "Configuration for experiment" not in text
+    assert "tensorboard" not in text.lower() and "View detailed results" not in text
+    lines = trial_lines(text, 2)
+    assert len(lines) == 2, text
+    for method in ("source_only", "oracle"):
+        (line,) = [x for x in lines if f"synthetic-heart/mr2ct/{method}/1shot/seed0" in x]
+        assert re.search(r"\] ok +\S+  Dice \d\.\d{4}  \(\d+ (s|min)", line), line
+    assert "step 3/3" not in text  # the step lines go to the trials' logs
+    assert text.index("Plan: 2 trials") < text.index(lines[0]) < text.index("Done in")
+
+    records = {r["config"]["method"]: r for r in ResultsStore(out).records()}
+    for method, record in records.items():
+        log = (out / "trials" / record["trial_id"] / "log.txt").read_text().splitlines()
+        label = f"synthetic-heart/mr2ct/{method}/1shot/seed0"
+        assert log[0].startswith("--- ") and label in log[0]
+        assert f"[{label}] step 3/3 " in log[1]
+        assert log[-1].startswith(f"[{label}] target Dice {record['summary']['dice']['mean']:.4f}")
+
+
+def test_quiet_prints_only_the_plan_errors_and_the_summary(tmp_path, plugin_dir):
+    out = tmp_path / "run"
+    res = run_to_pipe("run", "--methods", "source_only,crashes_e2e", "--shots", "1", "--directions", "mr2ct",
+                      "--seeds", "0", "--steps", "2", "--out", str(out), "--quiet")
+    assert res.returncode == 1, res.stdout
+    text = res.stdout
+    assert trial_lines(text, 2) == [] and "Progress:" not in text and "Preparing" not in text
+    assert "Plan: 2 trials" in text and "Done in" in text and "source_only" in text
+    assert "1 trial(s) of this plan failed" in text and "deliberate crash in update" in text
+    assert all((out / "trials" / r["trial_id"] / "log.txt").exists() for r in ResultsStore(out).records())
 
 
 def test_ctrl_c_stops_the_run_without_recording_failures(tmp_path):

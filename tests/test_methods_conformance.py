@@ -67,7 +67,7 @@ def test_checkpoint_round_trip(name):
     torch.save({"method": a.state_dict(), "optimizers": [o.state_dict() for o in a.optimizers]}, buf)
     buf.seek(0)
     b = build(name, seed=2)
-    state = torch.load(buf, weights_only=False)
+    state = torch.load(buf, weights_only=True)
     b.load_state_dict(state["method"])
     for opt, s in zip(b.optimizers, state["optimizers"]):
         opt.load_state_dict(s)

@@ -238,7 +238,7 @@ def test_checkpoint_holds_the_plugin():
     buf = io.BytesIO()
     torch.save({"method": state, "optimizers": [o.state_dict() for o in a.optimizers]}, buf)
     buf.seek(0)
-    saved = torch.load(buf, weights_only=False)
+    saved = torch.load(buf, weights_only=True)
     b = build("source_only", 2, plugins=[shrink()])
     b.load_state_dict(saved["method"])
     b.optimizers[0].load_state_dict(saved["optimizers"][0])
@@ -336,7 +336,7 @@ def test_a_composed_trial_resumes_exactly_with_the_plugin_in_its_checkpoint(tmp_
     a = run_trial(spec, whole, log=logs.append)
     assert {"loss", "cdtg_align", "cdtg_head"} <= set(a["final_losses"])
     assert any("source_only+cdtg" in line for line in logs)
-    assert any(k.startswith("plugins.cdtg.") for k in torch.load(whole / FINAL_WEIGHTS, weights_only=False)["method"])
+    assert any(k.startswith("plugins.cdtg.") for k in torch.load(whole / FINAL_WEIGHTS, weights_only=True)["method"])
 
     def die_at_2(line):
         if "step 2/4" in line:
@@ -344,7 +344,7 @@ def test_a_composed_trial_resumes_exactly_with_the_plugin_in_its_checkpoint(tmp_
 
     with pytest.raises(Stop):
         run_trial(spec, cut, log=die_at_2)
-    state = torch.load(cut / CHECKPOINT, weights_only=False)
+    state = torch.load(cut / CHECKPOINT, weights_only=True)
     assert "plugins.cdtg.projection.weight" in state["method"] and "plugins.cdtg.prototypes" in state["method"]
     assert len(state["optimizers"][0]["param_groups"]) == 2
     resumed = run_trial(spec, cut, log=lambda s: None)

@@ -123,6 +123,99 @@ def test_broken_plugin_file_names_the_file(tmp_path, monkeypatch):
         registry.discover()
 
 
+def test_plugin_files_import_the_helpers_of_their_folder(tmp_path, monkeypatch):
+    folder = tmp_path / "datasets"
+    folder.mkdir()
+    (folder / "_tables.py").write_text("LABELS = {'MYO': 1}\n")
+    (folder / "toy_set.py").write_text(textwrap.dedent('''
+        from benchmark.dataset import DatasetAdapter
+        from benchmark.registry import register_dataset
+
+        from ._tables import LABELS
+
+        @register_dataset("toy-set-with-helper")
+        class Toy(DatasetAdapter):
+            """A dataset whose classes come from a helper file of its folder."""
+
+            classes = dict(LABELS)
+    '''))
+    monkeypatch.setenv(registry.PLUGIN_PATH_ENV, str(tmp_path))
+    registry.discover(kinds=("datasets",))
+    cls = registry.DATASETS.get("toy-set-with-helper")
+    assert cls.classes == {"MYO": 1}
+    module = sys.modules[cls.__module__]
+    package = sys.modules[module.__package__]
+    assert package.__path__ == [str(folder.resolve())] and module.__package__.startswith("_fsuda_plugins.datasets.")
+    assert sys.modules[f"{module.__package__}._tables"].__file__ == str(folder.resolve() / "_tables.py")
+    assert not any(Path(e.source).name == "_tables.py" for e in registry.DATASETS)  # a helper, not a plugin
+
+
+def test_the_repository_adapters_share_one_helper_module():
+    registry.discover(kinds=("datasets",))
+    mmwhs, mmwhs_2d, chaos = (sys.modules[registry.DATASETS.get(n).__module__]
+                              for n in ("mmwhs", "mmwhs-2d", "chaos-btcv"))
+    assert mmwhs.__package__ == mmwhs_2d.__package__ == chaos.__package__
+    assert sys.modules[mmwhs.__package__].__path__ == [str(REPO / "datasets")]
+    assert mmwhs.MMWHS_LABEL_MAP is mmwhs_2d.MMWHS_LABEL_MAP and mmwhs.MMWHS_RAW_LABELS is mmwhs_2d.MMWHS_RAW_LABELS
+    assert mmwhs_2d.natural_key is chaos.natural_key
+    assert registry.DATASETS.get("mmwhs").classes == registry.DATASETS.get("mmwhs-2d").classes
+    names = [Path("a/IMG-0002-00010.dcm"), Path("a/IMG-0002-00009.dcm"), Path("a/IMG-0001-00011.dcm")]
+    assert [p.name for p in sorted(names, key=chaos.natural_key)] == [
+        "IMG-0001-00011.dcm", "IMG-0002-00009.dcm", "IMG-0002-00010.dcm"]
+    helper = sys.modules[f"{mmwhs.__package__}._shared"]
+    assert helper.__file__ == str(REPO / "datasets" / "_shared.py")
+    assert not any(Path(e.source).name.startswith("_") for e in registry.DATASETS)
+    from benchmark.dataset import FileDatasetAdapter
+
+    for name in ("mmwhs", "mmwhs-2d", "chaos-btcv"):  # the helper's code keys their slice caches too
+        adapter = registry.get_dataset(name, "/nonexistent")
+        assert adapter.fingerprint() == helper.with_shared_code(FileDatasetAdapter.fingerprint(adapter))
+        assert adapter.fingerprint() != FileDatasetAdapter.fingerprint(adapter)
+
+
+def test_a_missing_helper_and_a_failing_helper_are_named(tmp_path, monkeypatch):
+    folder = tmp_path / "methods"
+    folder.mkdir()
+    (folder / "needs_helper.py").write_text("from ._nowhere import x\n")
+    monkeypatch.setenv(registry.PLUGIN_PATH_ENV, str(tmp_path))
+    with pytest.raises(RegistryError, match=rf"{folder / 'needs_helper.py'}.*imports '_nowhere' relatively, but "
+                                            rf"{folder.resolve()} has no _nowhere.py"):
+        registry.discover()
+    (folder / "_nowhere.py").write_text("x = 1\nraise ValueError('bad table')\n")
+    where = folder.resolve() / "_nowhere.py"
+    with pytest.raises(RegistryError, match=rf"ValueError: bad table \(raised at {where}:2\)"):
+        registry.discover()
+    (folder / "_nowhere.py").write_text("x = 1\n")
+    (folder / "needs_helper.py").write_text("import _nowhere\n")
+    with pytest.raises(RegistryError, match=r"_nowhere.py of its folder is imported relatively: from ._nowhere"):
+        registry.discover()
+
+
+def test_builtin_folders_come_from_the_installed_copy_or_the_checkout_never_site_packages(tmp_path, monkeypatch):
+    assert registry.plugin_folders()["datasets"][0] == REPO / "datasets"  # this checkout
+    site = tmp_path / "site-packages"
+    (site / "datasets").mkdir(parents=True)  # another distribution's package, as HuggingFace's datasets is
+    (site / "datasets" / "arrow_dataset.py").write_text("raise ImportError('never load me')\n")
+    monkeypatch.setattr(registry, "REPO_ROOT", site)
+    assert registry.checkout_root() is None and registry.builtin_folder("datasets") is None
+    assert registry.plugin_folders() == {"methods": [], "datasets": []}
+    shipped = site / "benchmark" / "_datasets"
+    shipped.mkdir(parents=True)
+    monkeypatch.setitem(registry.PACKAGED_FOLDERS, "datasets", shipped)
+    assert registry.plugin_folders()["datasets"] == [shipped]
+    assert registry.search_locations("datasets") == [f"{shipped} (built in)",
+                                                     "the entry point group fsuda_benchmark.datasets"]
+
+
+def test_an_unknown_name_says_where_discovery_looked(tmp_path, monkeypatch):
+    monkeypatch.setenv(registry.PLUGIN_PATH_ENV, str(tmp_path))
+    registry.discover(kinds=("datasets",))
+    with pytest.raises(UnknownNameError) as err:
+        registry.DATASETS.get("nosuch")
+    assert (f"Discovery looked in {REPO / 'datasets'} (built in); {tmp_path / 'datasets'} (FSUDA_PLUGIN_PATH, "
+            f"missing); the entry point group fsuda_benchmark.datasets.") in str(err.value)
+
+
 def test_no_init_files_in_plugin_folders():
     assert not (REPO / "datasets" / "__init__.py").exists()
     assert not (REPO / "methods" / "__init__.py").exists()

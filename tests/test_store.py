@@ -67,3 +67,16 @@ def test_unserialisable_record_leaves_no_partial_files(tmp_path):
         store.write_result(s, {"summary": object()})
     assert store.status(s) == "incomplete"
     assert sorted(p.name for p in d.iterdir()) == ["config.json"]
+
+
+def test_a_fresh_start_keeps_the_trial_log_only(tmp_path):
+    store = ResultsStore(tmp_path)
+    s = spec()
+    d = store.start(s)
+    (d / "log.txt").write_text("attempt 1\n")
+    (d / "checkpoint.pt").write_bytes(b"x")
+    store.write_failure(s, RuntimeError("boom"))
+    d = store.start(s, fresh=True)
+    assert sorted(p.name for p in d.iterdir()) == ["config.json", "log.txt"]
+    assert (d / "log.txt").read_text() == "attempt 1\n" and store.status(s) == "incomplete"
+

@@ -48,7 +48,7 @@ def test_same_seed_same_numbers_and_resume_is_exact(tmp_path):
 
     with pytest.raises(Stop):
         run_trial(spec, dirs[2], log=die_at_3)
-    assert torch.load(dirs[2] / CHECKPOINT, weights_only=False)["step"] == 3
+    assert torch.load(dirs[2] / CHECKPOINT, weights_only=True)["step"] == 3
     logs = []
     resumed = run_trial(spec, dirs[2], log=logs.append)
     assert any("resuming from step 3" in line for line in logs)

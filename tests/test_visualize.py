@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from helpers import finished_run
 
 from benchmark.cli import main
-from benchmark.runner import build_grid, execute_trial
 from benchmark.store import ResultsStore
 from benchmark.trainer import CHECKPOINT, FINAL_WEIGHTS
 from benchmark.visualize import DPI, PANEL_INCHES
@@ -16,15 +16,10 @@ def run_dir(tmp_path_factory, cache_dir):
     """A results store with two finished 2-step trials (metahallu, source_only) of the quick preset."""
     out = tmp_path_factory.mktemp("run")
     store = ResultsStore(out)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FSUDA_CACHE", cache_dir)
-        specs = build_grid(dataset="synthetic-heart", methods=["metahallu", "source_only"], shots=[1],
-                           directions=["mr2ct"], seeds=[0], preset="quick", preset_overrides={"steps": 2})
-        for spec in specs:
-            record = execute_trial(spec, store, log=lambda s: None)
-            assert record["status"] == "ok", record.get("error")
-            trial = store.trial_dir(spec)
-            assert (trial / FINAL_WEIGHTS).exists() and not (trial / CHECKPOINT).exists()
+    for spec, _ in finished_run(out, cache_dir, ["metahallu", "source_only"], shots=[1], directions=["mr2ct"],
+                                seeds=[0]):
+        trial = store.trial_dir(spec)
+        assert (trial / FINAL_WEIGHTS).exists() and not (trial / CHECKPOINT).exists()
     return out
 
 
