@@ -258,10 +258,13 @@ class FileDatasetAdapter(DatasetAdapter):
     subject_kind: ClassVar[str] = "subject"
 
     def fingerprint(self) -> str:
+        """A hash of the code that reads this adapter's files: its own file, the helpers (``_*.py``) of its folder,
+        the format readers and the shared preprocessing."""
         from . import formats
         from .preprocess import code_fingerprint
 
-        return code_fingerprint(inspect.getfile(type(self)), formats.__file__)
+        source = Path(inspect.getfile(type(self)))
+        return code_fingerprint(source, *sorted(source.parent.glob("_*.py")), formats.__file__)
 
     def subjects_on_disk(self, modality: str) -> dict[str, Path]:
         """Case ID -> a file or folder of that subject, for every ``modality`` subject found under the root."""

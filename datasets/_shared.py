@@ -1,13 +1,13 @@
 """What several dataset adapters share: the MM-WHS label tables and a natural sort order of file names.
 
 A helper, not an adapter (its name starts with ``_``): discovery never registers it, and the adapters of this
-folder import it relatively (``from ._shared import natural_key``). Adapters that read with it add its code to
-their cache fingerprint (:func:`with_shared_code`), so editing a table here never reuses slices made with the old.
+folder import it relatively (``from ._shared import natural_key``). Its code is part of every file adapter's cache
+fingerprint (:meth:`benchmark.dataset.FileDatasetAdapter.fingerprint`), so editing a table here never reuses
+slices made with the old.
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
 from pathlib import Path
 
@@ -25,8 +25,3 @@ MMWHS_LABEL_MAP = {205: 1, 420: 2, 421: 2, 500: 3, 820: 4}
 def natural_key(path: str | Path) -> list:
     """Sort key on the whole path that orders ``IMG-0002-00010`` after ``IMG-0002-00009`` (digit runs as numbers)."""
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(path))]
-
-
-def with_shared_code(fingerprint: str) -> str:
-    """An adapter's code ``fingerprint`` extended by this file's code, which that adapter reads its files with."""
-    return hashlib.sha256(fingerprint.encode() + Path(__file__).read_bytes()).hexdigest()[:16]

@@ -14,7 +14,7 @@ from benchmark.dataset import CaseArrays, FileDatasetAdapter
 from benchmark.errors import DataError
 from benchmark.registry import register_dataset
 
-from ._shared import natural_key, with_shared_code
+from ._shared import natural_key
 
 CLASSES = {"liver": 1, "right_kidney": 2, "left_kidney": 3, "spleen": 4}
 
@@ -113,9 +113,6 @@ class ChaosBTCV(FileDatasetAdapter):
               "or two folders deeper), and ROOT/img/img0001.nii.gz with ROOT/label/label0001.nii.gz (BTCV, also "
               "ROOT/<folder>/img or ROOT/<folder>/Training/img)")
     preprocessing: ClassVar[dict[str, Any]] = {"crop": "body", "normalise": "volume"}
-
-    def fingerprint(self) -> str:
-        return with_shared_code(super().fingerprint())
 
     # -- where the files are -----------------------------------------------------------------------------------
     @cached_property

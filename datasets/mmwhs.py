@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 from benchmark.dataset import CaseArrays, FileDatasetAdapter
 from benchmark.registry import register_dataset
 
-from ._shared import MMWHS_CLASSES, MMWHS_LABEL_MAP, MMWHS_RAW_LABELS, with_shared_code
+from ._shared import MMWHS_CLASSES, MMWHS_LABEL_MAP, MMWHS_RAW_LABELS
 
 _FILE = re.compile(r"^(ct|mr)_train_(\d{4})_(image|label)\.nii(\.gz)?$")
 
@@ -61,9 +61,6 @@ class MMWHS(FileDatasetAdapter):
         "crop": "body", "crop_fov_mm": (240.0, None, 240.0), "clip_low": 0.0, "clip_high": 99.0,
         "normalise": "volume",
     }
-
-    def fingerprint(self) -> str:
-        return with_shared_code(super().fingerprint())
 
     @cached_property
     def _found(self) -> dict[str, dict[str, dict[str, list[Path]]]]:

@@ -18,7 +18,7 @@ from benchmark.dataset import CaseArrays, FileDatasetAdapter
 from benchmark.errors import DataError
 from benchmark.registry import register_dataset
 
-from ._shared import MMWHS_CLASSES, MMWHS_LABEL_MAP, MMWHS_RAW_LABELS, natural_key, with_shared_code
+from ._shared import MMWHS_CLASSES, MMWHS_LABEL_MAP, MMWHS_RAW_LABELS, natural_key
 
 FEATURES = ("data_vol", "label_vol", "dsize_dim0", "dsize_dim1", "dsize_dim2", "lsize_dim0", "lsize_dim1",
             "lsize_dim2")
@@ -108,9 +108,6 @@ class MMWHS2D(FileDatasetAdapter):
               "gth_ct_1003.nii.gz (or ROOT/**/ct_1003.npz), likewise for MR")
     preprocessing: ClassVar[dict[str, Any]] = {"clip_low": 0.0, "clip_high": 100.0, "normalise": "none"}
     subject_kind = "test subject"  # the training subjects are chains of records, never files of their own
-
-    def fingerprint(self) -> str:
-        return with_shared_code(super().fingerprint())
 
     # -- finding files -----------------------------------------------------------------------------------------
     def _list_files(self, modality: str) -> list[Path]:

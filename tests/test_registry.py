@@ -165,12 +165,14 @@ def test_the_repository_adapters_share_one_helper_module():
     helper = sys.modules[f"{mmwhs.__package__}._shared"]
     assert helper.__file__ == str(REPO / "datasets" / "_shared.py")
     assert not any(Path(e.source).name.startswith("_") for e in registry.DATASETS)
-    from benchmark.dataset import FileDatasetAdapter
+    from benchmark import formats
+    from benchmark.preprocess import code_fingerprint
 
     for name in ("mmwhs", "mmwhs-2d", "chaos-btcv"):  # the helper's code keys their slice caches too
         adapter = registry.get_dataset(name, "/nonexistent")
-        assert adapter.fingerprint() == helper.with_shared_code(FileDatasetAdapter.fingerprint(adapter))
-        assert adapter.fingerprint() != FileDatasetAdapter.fingerprint(adapter)
+        own = sys.modules[type(adapter).__module__].__file__
+        assert adapter.fingerprint() == code_fingerprint(own, helper.__file__, formats.__file__)
+        assert adapter.fingerprint() != code_fingerprint(own, formats.__file__)
 
 
 def test_a_missing_helper_and_a_failing_helper_are_named(tmp_path, monkeypatch):
