@@ -206,6 +206,8 @@ def determinism_settings(device: torch.device) -> dict[str, Any]:
     return {"seeding": "initialisation from (seed); step t re-seeds torch from (seed, t); batches and augmentation "
                        "from (seed, t, stream)",
             "torch_threads": torch.get_num_threads(),
+            # the vector instructions torch's CPU kernels use (e.g. AVX2, AVX512): they can change float results
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
             "cudnn_deterministic": bool(torch.backends.cudnn.deterministic),
             "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),

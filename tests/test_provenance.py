@@ -10,6 +10,7 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
+import torch
 from helpers import finished_run
 
 from benchmark import registry
@@ -93,6 +94,7 @@ def test_the_record_names_labeled_volumes_versions_and_determinism(finished):
     assert record["device"] == "cpu"
     det = record["determinism"]
     assert det["deterministic_algorithms"] is False and det["cuda"] is None and det["torch_threads"] >= 1
+    assert det["cpu_capability"] == torch.backends.cpu.get_cpu_capability() != ""
     versions = record["versions"]
     assert set(NUMERIC_PACKAGES) <= set(versions)
     for dist in ("torch", "numpy", "scipy", "opencv-python-headless", "albumentations", "nibabel", "timm",
