@@ -7,14 +7,19 @@ resized to ``size x size`` (area interpolation for images, label maps resized as
 which keeps thin structures better than nearest-neighbour); and intensities are normalised to zero mean, unit
 variance, by default per modality with statistics from its *training* volumes only, or per volume where the
 dataset's established protocol does so. The in-plane spacing stored in the index is the spacing on the resized
-grid, which is the grid evaluation runs on.
+grid, on which training losses are computed.
+
+Evaluation (protocol ``fsuda-v2``) runs on each test volume's native grid instead: the index keeps, per case, the
+crop box, the canonical shape and spacing, and the stored file's grid (:class:`benchmark.native.Grid`), and
+``native/`` holds the test volumes' labels on their canonical grid, so :meth:`SliceCache.native` gives all a trial
+needs to map its slice predictions back (:class:`benchmark.native.InverseMap`) and score them there.
 
 Each dataset adapter may choose its protocol's clipping, normalisation and crop (``DatasetAdapter.preprocessing``);
 :meth:`PreprocessSettings.resolve` fills the fields a caller left unset from that choice, then from the defaults.
 
-A cache directory is named by a hash of the dataset, its version, its split, its root and the resolved
-preprocessing settings. It is built in a temporary directory and renamed into place in one step, so an
-interrupted build leaves nothing a later run would trust.
+A cache directory is named by a hash of the cache layout (:data:`CACHE_FORMAT`), the dataset, its version, its
+split, its root and the resolved preprocessing settings. It is built in a temporary directory and renamed into
+place in one step, so an interrupted build leaves nothing a later run would trust.
 """
 
 from __future__ import annotations
@@ -33,11 +38,17 @@ from typing import Any
 import numpy as np
 
 from .errors import DataError, UsageError
+from .native import Grid, InverseMap
 from .preprocess import body_crop, normalise_volume
 from .registry import get_dataset
 
 CACHE_ENV = "FSUDA_CACHE"
 INDEX = "index.json"
+#: The layout of a cache directory; it keys the cache, so a cache of an older layout is never read as this one.
+#: 2: the index keeps each case's native grid and crop box, and ``native/`` holds the test volumes' labels on
+#: their canonical native grid (protocol ``fsuda-v2`` scores there).
+CACHE_FORMAT = 2
+NATIVE = "native"
 
 
 def cache_root() -> Path:
@@ -126,33 +137,54 @@ def _resize_slices(volume: np.ndarray, size: int, *, labels: int | None = None) 
     return out
 
 
-def _preprocess_one(dataset: str, root: str | None, modality: str, case_id: str,
-                    settings: PreprocessSettings) -> dict[str, Any]:
-    adapter = get_dataset(dataset, root)
-    case = adapter.load_case(modality, case_id)
-    axis = adapter.slice_axis
-    image, label, extra = case.image, case.label, {}
-    if settings.crop == "body":
-        box = body_crop(image, case.spacing, settings.crop_fov_mm)
-        image = image[box]
-        if label is not None:
-            kept = label[box]
-            extra["label_voxels_outside_crop"] = int(np.count_nonzero(label) - np.count_nonzero(kept))
-            label = kept
-        extra["crop"] = [[b.start, b.stop] for b in box]
+def preprocess_volume(image: np.ndarray, spacing, axis: int, settings: PreprocessSettings,
+                      label: np.ndarray | None = None, n_labels: int = 0) -> dict[str, Any]:
+    """One canonical volume through the shared preprocessing (crop, slicing axis first, clip, resize, per-volume
+    normalisation), with what its inverse needs (see :class:`benchmark.native.InverseMap`).
+
+    Returns ``image`` (slices, size, size) float32, ``label`` (uint8, or None), the cache-grid ``spacing`` (slice
+    axis first), ``crop`` (canonical ``[start, stop]`` per axis; the whole axis without a crop) and, when a label
+    was given and the crop leaves part of it out, ``label_voxels_outside_crop``. Modality normalisation is applied
+    by the caller, with the statistics of the modality's training volumes.
+    """
+    extra: dict[str, Any] = {}
+    box = (body_crop(image, spacing, settings.crop_fov_mm) if settings.crop == "body"
+           else tuple(slice(0, n) for n in image.shape))
+    image = image[box]
+    if label is not None:
+        kept = label[box]
+        outside = int(np.count_nonzero(label) - np.count_nonzero(kept))
+        if outside:
+            extra["label_voxels_outside_crop"] = outside
+        label = kept
     image = np.moveaxis(image.astype(np.float32, copy=False), axis, 0)
     lo, hi = np.percentile(image, [settings.clip_low, settings.clip_high])
     image = np.clip(image, lo, hi)
-    in_plane = [case.spacing[i] for i in range(3) if i != axis]
+    in_plane = [spacing[i] for i in range(3) if i != axis]
     _, h, w = image.shape
-    spacing = (float(case.spacing[axis]), in_plane[0] * h / settings.size, in_plane[1] * w / settings.size)
+    grid_spacing = (float(spacing[axis]), in_plane[0] * h / settings.size, in_plane[1] * w / settings.size)
     if label is not None:
-        n_labels = max(adapter.classes.values()) + 1
         label = _resize_slices(np.moveaxis(label, axis, 0), settings.size, labels=n_labels)
     image = _resize_slices(image, settings.size)
     if settings.normalise == "volume":
         image = normalise_volume(image)
-    return {"image": image, "label": label, "spacing": spacing, "raw_shape": list(case.image.shape), **extra}
+    return {"image": image, "label": label, "spacing": grid_spacing, "crop": [[b.start, b.stop] for b in box],
+            **extra}
+
+
+def _preprocess_one(dataset: str, root: str | None, modality: str, case_id: str,
+                    settings: PreprocessSettings, keep_native: bool = False) -> dict[str, Any]:
+    """One case of the cache; ``keep_native`` also returns its label volume on the canonical grid (test cases)."""
+    adapter = get_dataset(dataset, root)
+    case = adapter.load_case(modality, case_id)
+    out = preprocess_volume(case.image, case.spacing, adapter.slice_axis, settings, case.label,
+                            max(adapter.classes.values()) + 1)
+    grid = case.grid or Grid.from_spacing(case.spacing, case.image.shape)
+    out["native"] = {"shape": list(case.image.shape), "spacing": [float(s) for s in case.spacing],
+                     "grid": grid.to_dict()}
+    out["raw_shape"] = list(case.image.shape)
+    out["native_label"] = case.label if keep_native else None
+    return out
 
 
 class SliceCache:
@@ -188,6 +220,18 @@ class SliceCache:
         info = self.case_info(modality, case_id)
         return range(info["start"], info["stop"])
 
+    def native(self, modality: str, case_id: str) -> tuple[InverseMap, np.ndarray, tuple[float, ...]]:
+        """A test case's inverse map, its label volume on the canonical native grid and that grid's spacing."""
+        info = self.case_info(modality, case_id)
+        path = self.path / NATIVE / f"{modality}_{case_id}.npy"
+        try:
+            label = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise DataError(f"The native label volume {path} of the slice cache is missing or corrupt ({exc}); "
+                            f"delete {self.path} and run `python -m benchmark prepare` again.") from None
+        inverse = InverseMap.from_index(info, self.index["slice_axis"], self.index["settings"]["size"])
+        return inverse, label, tuple(info["native"]["spacing"])
+
     def volume(self, modality: str, case_id: str) -> tuple[np.ndarray, np.ndarray | None, tuple[float, ...]]:
         """Slices of one case (slices, H, W), its labels and its spacing (slice axis first)."""
         r = self.slice_range(modality, case_id)
@@ -197,7 +241,8 @@ class SliceCache:
 
 
 def cache_key(adapter, settings: PreprocessSettings) -> str:
-    blob = json.dumps({"dataset": adapter.name, "version": adapter.version, "split": adapter.split,
+    blob = json.dumps({"format": CACHE_FORMAT, "dataset": adapter.name, "version": adapter.version,
+                       "split": adapter.split,
                        "root": str(adapter.root.resolve()) if adapter.root else None,
                        "classes": adapter.classes, "slice_axis": adapter.slice_axis,
                        "fingerprint": adapter.fingerprint(),
@@ -221,13 +266,16 @@ def prepare(adapter, settings: PreprocessSettings, *, root: Path | None = None, 
     workers = workers or min(len(jobs), max(1, (os.cpu_count() or 1)))
     log(f"Preparing the {adapter.name} slice cache ({len(jobs)} volumes, {settings.size}x{settings.size} slices, "
         f"{workers} processes) in {final}")
-    args = [(adapter.name, str(adapter.root) if adapter.root else None, m, c, settings) for m, c, _ in jobs]
+    args = [(adapter.name, str(adapter.root) if adapter.root else None, m, c, settings, s == "test")
+            for m, c, s in jobs]
     results = process_map(_preprocess_one, args, workers)
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:
         index: dict[str, Any] = {"dataset": adapter.name, "version": adapter.version, "settings": settings.key(),
+                                 "format": CACHE_FORMAT, "slice_axis": adapter.slice_axis,
                                  "classes": adapter.classes, "cases": {}, "stats": {}, "has_labels": {}}
+        (tmp / NATIVE).mkdir()
         for modality in adapter.modalities:
             entries = [(c, s, r) for (m, c, s), r in zip(jobs, results) if m == modality]
             train = [r["image"] for _, s, r in entries if s == "train"]
@@ -249,11 +297,13 @@ def prepare(adapter, settings: PreprocessSettings, *, root: Path | None = None, 
             for c, s, r in entries:
                 n = r["image"].shape[0]
                 cases[c] = {"start": start, "stop": start + n, "split": s, "spacing": r["spacing"],
-                            "raw_shape": r["raw_shape"],
-                            **{k: r[k] for k in ("crop", "label_voxels_outside_crop") if k in r}}
+                            "raw_shape": r["raw_shape"], "crop": r["crop"], "native": r["native"],
+                            **{k: r[k] for k in ("label_voxels_outside_crop",) if k in r}}
+                if r["native_label"] is not None:
+                    np.save(tmp / NATIVE / f"{modality}_{c}.npy", np.ascontiguousarray(r["native_label"]))
                 if r.get("label_voxels_outside_crop"):
                     log(f"Warning: the crop of {modality} case {c} leaves out {r['label_voxels_outside_crop']} "
-                        f"labelled voxels; they are not part of its evaluation.")
+                        f"labelled voxels; a model never sees them, and on a test volume they count as missed.")
                 start += n
             index["cases"][modality] = cases
         (tmp / INDEX).write_text(json.dumps(index, indent=1, sort_keys=True))

@@ -1,4 +1,4 @@
-"""``python -m benchmark``: run, ls, leaderboard, publish, prepare, validate, visualize.
+"""``python -m benchmark``: run, ls, leaderboard, publish, prepare, validate, visualize, evaluate, predict.
 
 Usage errors (an unknown method, an impossible shot count, a bad option) exit with code 2 and a one-paragraph
 message; other errors a user can cause (a corrupt file, a failed trial) exit with code 1 and print no traceback.
@@ -105,7 +105,39 @@ def build_parser(prog: str = "python -m benchmark") -> argparse.ArgumentParser:
     vi.add_argument("--hparam-sample", type=int, default=None, help="the trial's hyperparameter sample")
     vi.add_argument("--rows", type=int, default=4, help="examples to draw")
     vi.add_argument("--png", default=None, help="where to write (default: <out>/figures/...png)")
+    _add_evaluate_parsers(sub, presets)
     return p
+
+
+def _add_evaluate_parsers(sub, presets: str) -> None:
+    ev = sub.add_parser("evaluate", help="score a folder of NIfTI predictions of a dataset's test cases with the "
+                                         "protocol's metrics, on each label file's own grid")
+    ev.add_argument("--dataset", default="synthetic-heart", help="a registered dataset, as ls lists them")
+    ev.add_argument("--root", "--data-root", dest="root", default=None, help="where a real dataset's files are")
+    ev.add_argument("--predictions", required=True, help="folder of <modality>_<case id>.nii.gz files")
+    ev.add_argument("--modality", default=None, help="the modality predicted (default: the dataset's last, e.g. ct)")
+    ev.add_argument("--labels", default="auto", choices=("auto", "raw", "indices"),
+                    help="the files' label values: the dataset's raw values or the suite's class indices")
+    ev.add_argument("--out", default="evaluation", help="where per_volume.csv and summary.csv are written")
+    ev.add_argument("--name", default=None, help="the model's name for --publish (row external:NAME)")
+    ev.add_argument("--shots", default=None, help="with --publish: the labeled source volumes the model used")
+    ev.add_argument("--direction", default=None, help="with --publish: the track (default: <other>2<modality>)")
+    ev.add_argument("--publish", action="store_true", help="add an external:NAME row to the track's leaderboard")
+    ev.add_argument("--to", default=None, help="with --publish: leaderboards directory (default: the checkout's)")
+
+    pd_ = sub.add_parser("predict", help="segment a new scan with a finished trial's model, written on the scan's "
+                                         "own grid and affine in the dataset's raw label values")
+    pd_.add_argument("method", nargs="?", default=None, help="e.g. sifa_lite (optional with --trial)")
+    pd_.add_argument("--input", required=True, help="the scan, a NIfTI file of the trial's target modality")
+    pd_.add_argument("--output", required=True, help="where to write the segmentation (.nii.gz)")
+    pd_.add_argument("--out", default=DEFAULT_OUT, help="the run's results directory")
+    pd_.add_argument("--trial", default=None, help="a trial id (its folder name under <out>/trials)")
+    pd_.add_argument("--direction", default=None, help="the trial's direction, e.g. mr2ct")
+    pd_.add_argument("--shots", default=None, help="the trial's shots, e.g. 4 or all")
+    pd_.add_argument("--seed", type=int, default=None, help="the trial's seed")
+    pd_.add_argument("--dataset", default=None, help="the trial's dataset")
+    pd_.add_argument("--preset", default=None, metavar=presets, help="the trial's preset")
+    pd_.add_argument("--hparam-sample", type=int, default=None, help="the trial's hyperparameter sample")
 
 
 def _add_run_parser(sub, presets: str) -> None:
@@ -262,21 +294,15 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 def cmd_publish(args: argparse.Namespace) -> int:
     from .leaderboard import build_rows, publish
-    from .registry import checkout_root
     from .store import ResultsStore
 
     directory = Path(args.dir)
     if not (directory / "trials").is_dir():
         raise UsageError(f"{directory} is not a run directory (it has no trials/ folder); pass the --out of a run.")
-    checkout = checkout_root()
-    if args.to is None and (checkout is None or not (checkout / "leaderboards").is_dir()):
-        raise UsageError(f"No repository leaderboards/ folder is next to this copy of the suite "
-                         f"({Path(__file__).parent}; an installed copy has none), so publish does not know where to "
-                         f"write: pass --to DIR, e.g. the leaderboards/ folder of a clone of the repository.")
+    target = _leaderboards_dir(args.to)
     rows = build_rows(list(ResultsStore(directory).records()))
     if rows.empty:
         raise UsageError(f"{directory} has no finished trials to publish.")
-    target = Path(args.to) if args.to else checkout / "leaderboards"
     for path in publish(rows, target):
         print(f"Published {path}")
     return 0
@@ -327,8 +353,66 @@ def cmd_visualize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _leaderboards_dir(to: str | None) -> Path:
+    """Where publishing writes: ``to``, else the checkout's ``leaderboards/`` (an installed copy has none)."""
+    from .registry import checkout_root
+
+    if to is not None:
+        return Path(to)
+    checkout = checkout_root()
+    if checkout is None or not (checkout / "leaderboards").is_dir():
+        raise UsageError(f"No repository leaderboards/ folder is next to this copy of the suite "
+                         f"({Path(__file__).parent}; an installed copy has none), so publish does not know where to "
+                         f"write: pass --to DIR, e.g. the leaderboards/ folder of a clone of the repository.")
+    return checkout / "leaderboards"
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from . import get_dataset
+    from .evaluate import evaluate_predictions, external_record
+    from .leaderboard import build_rows, publish
+    from .protocol import parse_direction, parse_shots
+
+    adapter = get_dataset(args.dataset, args.root)
+    if args.publish:  # check the row's identity before any work
+        if not args.name or args.shots is None:
+            raise UsageError("--publish needs --name NAME (the row is external:NAME) and --shots K (the labeled "
+                             "source volumes the model was trained with).")
+        shots = parse_shots(args.shots)
+        modality = args.modality or adapter.modalities[-1]
+        direction = args.direction or "2".join([*(m for m in adapter.modalities if m != modality)][:1] + [modality])
+        if parse_direction(direction, adapter.modalities)[1] != modality:
+            raise UsageError(f"Direction {direction} does not have {modality} as its target.")
+        target = _leaderboards_dir(args.to)
+    result = evaluate_predictions(adapter, args.predictions, modality=args.modality, labels=args.labels,
+                                  out=args.out)
+    print(f"{adapter.name} {result.modality}: {len(result.volumes)} test volumes scored on their label files' grids; "
+          f"label values: {result.label_values}.")
+    print(result.summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    for path in result.written:
+        print(f"Wrote {path}")
+    if args.publish:
+        rows = build_rows([external_record(result, adapter, args.name, direction, shots)])
+        for path in publish(rows, target):
+            print(f"Published {path}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .predict import predict_scan
+
+    done = predict_scan(args.out, args.input, args.output, method=args.method, trial_id=args.trial,
+                        dataset=args.dataset, direction=args.direction, shots=args.shots, seed=args.seed,
+                        preset=args.preset, hparam_sample=args.hparam_sample)
+    counts = ", ".join(f"{k} {v}" for k, v in done.voxels.items())
+    print(f"Wrote {done.path} ({'x'.join(map(str, done.shape))} voxels, the input's grid) with trial "
+          f"{done.trial_id} ({done.label}); voxels per structure: {counts}")
+    return 0
+
+
 COMMANDS = {"run": cmd_run, "ls": cmd_ls, "leaderboard": cmd_leaderboard, "publish": cmd_publish,
-            "prepare": cmd_prepare, "validate": cmd_validate, "visualize": cmd_visualize}
+            "prepare": cmd_prepare, "validate": cmd_validate, "visualize": cmd_visualize,
+            "evaluate": cmd_evaluate, "predict": cmd_predict}
 
 
 def prog_name(argv0: str | None = None) -> str:

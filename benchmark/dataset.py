@@ -13,27 +13,47 @@ import json
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
 from .errors import DataError, UsageError
+from .native import Grid
 
 SPLITS = ("train", "test")
 
-#: What an adapter read for one case: image, label or None, spacing in mm, and the file or folder it came from.
-CaseArrays = tuple[np.ndarray, np.ndarray | None, tuple[float, ...], str | Path]
+class CaseArrays(NamedTuple):
+    """What a file adapter read for one case: canonical image, label or None, spacing in mm, the file or folder it
+    came from, and the stored grid (None: the arrays are stored as returned, with a diagonal affine)."""
+
+    image: np.ndarray
+    label: np.ndarray | None
+    spacing: tuple[float, ...]
+    source: str | Path
+    grid: Grid | None = None
+
+
+@dataclass(frozen=True)
+class LabelCoding:
+    """How a dataset's label files code its classes: ``to_class`` maps each raw value that is a class to its index
+    (every other value of ``allowed`` is background), ``from_class`` gives the value a written file uses per class."""
+
+    to_class: dict[int, int]
+    allowed: tuple[int, ...]
+    from_class: dict[int, int]
 
 
 @dataclass
 class Case:
-    """One scan: ``image`` float32 (X, Y, Z), ``label`` class indices or None, ``spacing`` mm per axis."""
+    """One scan: ``image`` float32 (X, Y, Z), ``label`` class indices or None, ``spacing`` mm per axis, all in the
+    canonical orientation, and ``grid``, the stored grid they came from (None: stored as they are)."""
 
     case_id: str
     modality: str
     image: np.ndarray
     label: np.ndarray | None
     spacing: tuple[float, ...]
+    grid: Grid | None = None
 
 
 class DatasetAdapter:
@@ -153,6 +173,18 @@ class DatasetAdapter:
             "licence": self.licence, "homepage": self.homepage, "layout": self.layout,
             "preprocessing": dict(self.preprocessing),
         }
+
+    def input_grid(self, affine: np.ndarray, shape: tuple[int, ...]) -> Grid:
+        """How this dataset orients a scan stored with ``affine`` (``predict`` reads new scans with it): by default
+        to the closest RAS+ orientation, as the NIfTI and DICOM adapters read their files."""
+        import nibabel as nib
+
+        return Grid.of(affine, shape, nib.orientations.io_orientation(affine))
+
+    def label_coding(self, modality: str) -> LabelCoding | None:
+        """The raw label values of ``modality``'s files (``evaluate`` reads them, ``predict`` writes them); None when
+        the files hold the suite's class indices themselves."""
+        return None
 
     def fingerprint(self) -> str:
         """Extra text that keys the slice cache (e.g. a hash of a generator's code); empty by default."""
@@ -298,9 +330,10 @@ class FileDatasetAdapter(DatasetAdapter):
         read = self.read_files(modality, case_id, problems)
         if read is None or len(problems) > before:
             return None
-        image, label, spacing, source = read
-        case = Case(case_id=case_id, modality=modality, image=image, label=label, spacing=spacing)
-        found = self.case_problems(case, str(source))
+        read = CaseArrays(*read)
+        case = Case(case_id=case_id, modality=modality, image=read.image, label=read.label, spacing=read.spacing,
+                     grid=read.grid)
+        found = self.case_problems(case, str(read.source))
         problems.extend(found)
         return None if found else case
 

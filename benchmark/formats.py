@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DataError
+from .native import Grid
 
 
 def _fail(message: str, problems: list[str] | None) -> None:
@@ -458,8 +459,9 @@ def read_npz(path: str | Path, keys: tuple[str, ...], *, problems: list[str] | N
 
 
 def read_nifti_pair(image_path: Path, label_path: Path, *, mapping: dict[int, int], allowed: Iterable[int],
-                    problems: list[str]) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]] | None:
-    """An image and its label volume, checked against each other, labels mapped, reoriented to RAS+.
+                    problems: list[str]) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float], Grid] | None:
+    """An image and its label volume, checked against each other, labels mapped, reoriented to RAS+, with the
+    stored grid (the image's affine and shape and the reorientation; see :class:`benchmark.native.Grid`).
 
     Problems (missing or unreadable file, shape or affine mismatch, undocumented label values) are appended to
     ``problems``, all of them; returns None when any was found.
@@ -484,4 +486,4 @@ def read_nifti_pair(image_path: Path, label_path: Path, *, mapping: dict[int, in
     ornt = canonical_orientation(image.affine)
     data, _, spacing = to_canonical(image.data, image.affine, ornt)
     mapped, _, _ = to_canonical(mapped, image.affine, ornt)
-    return data, mapped, spacing
+    return data, mapped, spacing, Grid.of(image.affine, image.data.shape, ornt)

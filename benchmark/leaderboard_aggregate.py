@@ -85,7 +85,7 @@ def recompute_gap_closed(df: pd.DataFrame) -> pd.DataFrame:
     """Return a copy of ``df`` with ``gap_closed`` computed from its own rows.
 
     References are the ``source_only`` and ``oracle`` rows sharing dataset,
-    direction, shots, selection and preset.
+    direction, shots, selection, preset and protocol.
     """
     out = df.copy()
     if out.empty:
@@ -94,11 +94,11 @@ def recompute_gap_closed(df: pd.DataFrame) -> pd.DataFrame:
     refs: dict[tuple, dict[str, float]] = {}
     for _, r in out.iterrows():
         if r["method"] in (SOURCE_ONLY, ORACLE):
-            ref_key = (r["dataset"], r["direction"], r["shots"], r["selection"], r["preset"])
+            ref_key = (r["dataset"], r["direction"], r["shots"], r["selection"], r["preset"], r["protocol"])
             refs.setdefault(ref_key, {})[r["method"]] = r["dice_mean"]
     gaps = []
     for _, r in out.iterrows():
-        ref = refs.get((r["dataset"], r["direction"], r["shots"], r["selection"], r["preset"]), {})
+        ref = refs.get((r["dataset"], r["direction"], r["shots"], r["selection"], r["preset"], r["protocol"]), {})
         low = ref.get(SOURCE_ONLY, math.nan)
         high = ref.get(ORACLE, math.nan)
         value = r["dice_mean"]
@@ -139,10 +139,10 @@ def build_rows(records: list[dict]) -> pd.DataFrame:
         cfg = rec["config"]
         key = (cfg["dataset"], cfg["direction"], method_label(cfg), normalize_shots(cfg["shots"]),
                cfg["selection"], cfg["preset"])
-        groups.setdefault(key, []).append(rec)
+        groups.setdefault((key, cfg["protocol"]), []).append(rec)  # one row never mixes protocols
         for s in rec.get("structures", ()):
             if s not in structures:
                 structures.append(s)
-    rows = [aggregate_row(key, recs, structures) for key, recs in groups.items()]
+    rows = [aggregate_row(key, recs, structures) for (key, _), recs in groups.items()]
     df = conform(pd.DataFrame(rows, columns=columns_for(structures)), structures)
     return sort_rows(recompute_gap_closed(df))

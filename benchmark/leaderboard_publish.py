@@ -1,5 +1,11 @@
 """Leaderboard files: one CSV per track with its Markdown and plot beside it, written from a run or merged into
-the published boards."""
+the published boards.
+
+One table never mixes protocols. The board of a track, ``<dataset>/<direction>.csv``, holds rows of the current
+protocol (:data:`benchmark.protocol.PROTOCOL`); rows of an earlier protocol live under
+``<dataset>/archive/<protocol>/<direction>.csv``. Publishing the first rows of a new protocol moves the track's
+older rows there, unchanged; rows of an earlier protocol are never published.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +18,12 @@ import pandas as pd
 from .io import atomic_write_bytes, atomic_write_text
 from .leaderboard_aggregate import build_rows, recompute_gap_closed, sort_rows
 from .leaderboard_render import render_markdown, render_plot
+from .errors import UsageError
 from .leaderboard_schema import (FLOAT_DECIMALS, METRICS, README_TEXT, conform, float_columns, structures_of,
                                  track_rows, tracks)
+from .protocol import PROTOCOL
+
+ARCHIVE = "archive"
 
 
 def _safe_component(name: str, what: str) -> str:
@@ -22,8 +32,17 @@ def _safe_component(name: str, what: str) -> str:
     return name
 
 
-def _csv_path(root: Path, dataset: str, direction: str) -> Path:
-    return root / _safe_component(dataset, "dataset") / f"{_safe_component(direction, 'direction')}.csv"
+def _csv_path(root: Path, dataset: str, direction: str, protocol: str = PROTOCOL) -> Path:
+    """Where a track's board of ``protocol`` lives: the board itself for the current protocol, else its archive."""
+    folder = root / _safe_component(dataset, "dataset")
+    if protocol != PROTOCOL:
+        folder = folder / ARCHIVE / _safe_component(protocol, "protocol")
+    return folder / f"{_safe_component(direction, 'direction')}.csv"
+
+
+def _by_protocol(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The rows of a table by protocol (a row's ``protocol`` cell names exactly one)."""
+    return {str(p): df[df["protocol"] == p].reset_index(drop=True) for p in sorted(set(df["protocol"]))}
 
 
 def _csv_text(df: pd.DataFrame) -> str:
@@ -40,23 +59,25 @@ def read_leaderboard(path: str | os.PathLike[str]) -> pd.DataFrame:
     return conform(raw, structures_of(raw))
 
 
-def _write_track(df: pd.DataFrame, root: Path, dataset: str, direction: str) -> Path:
-    csv_path = _csv_path(root, dataset, direction)
+def _write_track(df: pd.DataFrame, root: Path, dataset: str, direction: str, protocol: str = PROTOCOL) -> Path:
+    csv_path = _csv_path(root, dataset, direction, protocol)
     atomic_write_text(csv_path, _csv_text(df))
     atomic_write_text(csv_path.with_suffix(".md"), render_markdown(df))
-    atomic_write_bytes(csv_path.with_suffix(".png"), render_plot(df, f"{dataset} / {direction}"))
+    title = f"{dataset} / {direction}" + ("" if protocol == PROTOCOL else f" ({protocol})")
+    atomic_write_bytes(csv_path.with_suffix(".png"), render_plot(df, title))
     return csv_path
 
 
 def write_leaderboards(records: list[dict], out_dir: str | os.PathLike[str]) -> list[Path]:
-    """Write ``out_dir/<dataset>/<direction>.{csv,md,png}`` for every track in
-    ``records`` (overwriting). Returns the CSV paths, sorted by track."""
+    """Write ``out_dir/<dataset>/<direction>.{csv,md,png}`` for every track in ``records`` (overwriting); rows of
+    an earlier protocol go to that track's archive. Returns the CSV paths, sorted by track."""
     by_track: dict[tuple[str, str], list[dict]] = {}
     for rec in records:
         by_track.setdefault((rec["config"]["dataset"], rec["config"]["direction"]), []).append(rec)
     paths = []
     for (dataset, direction), recs in sorted(by_track.items()):
-        paths.append(_write_track(build_rows(recs), Path(out_dir), dataset, direction))
+        for protocol, rows in _by_protocol(build_rows(recs)).items():
+            paths.append(_write_track(rows, Path(out_dir), dataset, direction, protocol))
     return paths
 
 
@@ -68,8 +89,8 @@ def _structures_with_data(df: pd.DataFrame, structures: Sequence[str]) -> list[s
     return [s for s in structures if any(df[f"{m}_{s}"].notna().any() for m in METRICS)]
 
 
-def _merge_track(incoming: pd.DataFrame, csv_path: Path) -> pd.DataFrame:
-    """The rows of one track's CSV with ``incoming`` merged in, sorted, ``gap_closed`` recomputed.
+def _merge_track(incoming: pd.DataFrame, existing: pd.DataFrame | None) -> pd.DataFrame:
+    """The rows of one track's board with ``incoming`` merged in, sorted, ``gap_closed`` recomputed.
 
     An incoming row replaces the row with the same (method, shots, selection, preset), and the last of several
     incoming rows with one key wins. Structures keep the file's order; the incoming rows' structures with any
@@ -81,8 +102,7 @@ def _merge_track(incoming: pd.DataFrame, csv_path: Path) -> pd.DataFrame:
 
     existing_structures: list[str] = []
     frames = []
-    if csv_path.exists():
-        existing = read_leaderboard(csv_path)
+    if existing is not None and not existing.empty:
         existing_structures = structures_of(existing)
         keep = [i for i, (_, r) in enumerate(existing.iterrows()) if _row_key(r) not in last]
         if keep:
@@ -100,17 +120,32 @@ def _merge_track(incoming: pd.DataFrame, csv_path: Path) -> pd.DataFrame:
 def publish(rows: pd.DataFrame, leaderboards_dir: str | os.PathLike[str]) -> list[Path]:
     """Merge ``rows`` into ``leaderboards_dir/<dataset>/<direction>.csv``.
 
-    Rows are identified within a track by (method, shots, selection, preset):
-    an incoming row replaces an existing one with the same key; other rows are
-    kept. ``gap_closed`` is recomputed for the whole file, the ``.md`` and
-    ``.png`` are regenerated, and ``leaderboards_dir/README.md`` is rewritten.
+    Rows are identified within a track by (method, shots, selection, preset): an incoming row replaces an existing
+    one with the same key; other rows are kept. Existing rows of an earlier protocol move to the track's archive;
+    incoming rows of an earlier protocol are refused (:class:`UsageError`). ``gap_closed`` is recomputed for the
+    whole file, the ``.md`` and ``.png`` are regenerated, and ``leaderboards_dir/README.md`` is rewritten.
     Returns the CSV paths written, sorted by track.
     """
     root = Path(leaderboards_dir)
+    old = rows[rows["protocol"] != PROTOCOL] if not rows.empty else rows
+    if not old.empty:
+        named = ", ".join(sorted({f"{r.dataset}/{r.direction} {r.method} {r.shots}-shot ({r.protocol})"
+                                  for r in old.itertuples()}))
+        raise UsageError(f"Rows scored under an earlier protocol cannot be published, since the boards hold "
+                         f"{PROTOCOL} rows and one table never mixes protocols: {named}. Run these trials again "
+                         f"with this version of the suite.")
     paths = []
     for dataset, direction in (tracks(rows) if not rows.empty else []):
-        incoming = track_rows(rows, dataset, direction)
-        merged = _merge_track(incoming, _csv_path(root, dataset, direction))
+        board = _csv_path(root, dataset, direction)
+        existing = read_leaderboard(board) if board.exists() else None
+        if existing is not None:
+            for protocol, past in _by_protocol(existing).items():
+                if protocol != PROTOCOL:
+                    archive = _csv_path(root, dataset, direction, protocol)
+                    kept = read_leaderboard(archive) if archive.exists() else None
+                    paths.append(_write_track(_merge_track(past, kept), root, dataset, direction, protocol))
+            existing = existing[existing["protocol"] == PROTOCOL].reset_index(drop=True)
+        merged = _merge_track(track_rows(rows, dataset, direction), existing)
         paths.append(_write_track(merged, root, dataset, direction))
     atomic_write_text(root / "README.md", README_TEXT)
     return paths

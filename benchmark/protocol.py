@@ -1,4 +1,4 @@
-"""The evaluation protocol ``fsuda-v1``: tracks, directions, few-shot selection and trial identity.
+"""The evaluation protocol ``fsuda-v2``: tracks, directions, few-shot selection, scoring and trial identity.
 
 * A *track* is (dataset, direction); a direction ``<src>2<tgt>`` names the source and target modality
   (``mr2ct``: labeled MR, unlabeled CT).
@@ -8,6 +8,12 @@
   ``shots = "all"`` labels every source training volume.
 * Target training volumes are always unlabeled; target test volumes are used only for evaluation. The ``oracle``
   reference labels K *target* training volumes, chosen by the same rule.
+* Scoring: Dice, ASSD and HD95 (:mod:`benchmark.metrics`) per structure of each target test volume, on the
+  volume's native grid (the grid of its label file, distances in mm with the file's spacing): the slice
+  predictions are mapped back through the inverse of the preprocessing (:mod:`benchmark.native`), so a score does
+  not depend on the preset's slice size or crop, and ``python -m benchmark evaluate`` scores any model's
+  predictions the same way. ``fsuda-v1`` scored on the slice cache's resized grid; its rows are never shown beside
+  ``fsuda-v2`` rows.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import numpy as np
 
 from .errors import UsageError
 
-PROTOCOL = "fsuda-v1"
+PROTOCOL = "fsuda-v2"
 SELECTION_POLICIES = ("last",)
 
 

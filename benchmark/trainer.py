@@ -1,5 +1,8 @@
 """The shared trainer: data streams, the loop, the schedule, progress, checkpoints and 3D evaluation.
 
+Evaluation (protocol ``fsuda-v2``): each target test volume's slice scores are mapped back through the inverse of
+the cache's preprocessing onto the volume's native grid and scored there (:mod:`benchmark.native`).
+
 Determinism: the initialisation is seeded from the trial seed, and step ``t`` re-seeds torch from
 ``(seed, t)`` and draws its batch and augmentation from ``(seed, t)`` too. A run resumed from a checkpoint
 therefore continues exactly as the uninterrupted run would have (on CPU; GPU kernels may add their own
@@ -26,6 +29,7 @@ from .io import atomic_write_bytes, load_tensors
 from .method import Method, MethodContext
 from .metrics import evaluate_volume, mean_over_structures
 from .models import build_segmenter
+from .native import InverseMap
 from .progress import HEARTBEAT
 from .protocol import TrialSpec, derive_seed, parse_direction
 from .streams import Batch, build_streams
@@ -62,25 +66,36 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
 
 
 @torch.no_grad()
-def predict_volume(method: Method, images: np.ndarray, device: torch.device, batch_size: int) -> np.ndarray:
-    """Arg-max labels (N, H, W) for slices (N, H, W), predicted slice by slice and stacked."""
+def predict_scores(method: Method, images: np.ndarray, device: torch.device, batch_size: int):
+    """Class scores (batch, C, H, W) float32 of slices (N, H, W), predicted slice by slice, one batch at a time."""
     method.eval()
-    out = []
     for i in range(0, len(images), batch_size):
         x = torch.from_numpy(np.array(images[i:i + batch_size], dtype=np.float32))[:, None].to(device)
-        out.append(method.infer(x).argmax(1).to(torch.uint8).cpu().numpy())
-    return np.concatenate(out)
+        yield method.infer(x).float().cpu().numpy()
+
+
+def predict_native(method: Method, images: np.ndarray, inverse: InverseMap, device: torch.device,
+                   batch_size: int) -> np.ndarray:
+    """The canonical native-grid label volume of one case's cache slices (see :class:`benchmark.native.InverseMap`):
+    each slice's scores are resampled to the crop's size before the arg-max and placed into the uncropped volume."""
+    volume, done = inverse.empty(), 0
+    for scores in predict_scores(method, images, device, batch_size):
+        for s in scores:
+            inverse.place(volume, done, s)
+            done += 1
+    return volume
 
 
 def evaluate(method: Method, cache: SliceCache, adapter, modality: str, device: torch.device,
              batch_size: int) -> list[dict[str, Any]]:
-    """3D metrics per target test volume on the cache grid, with its spacing in mm."""
+    """3D metrics per target test volume on its native grid, in mm (protocol ``fsuda-v2``)."""
     results = []
     for case_id in adapter.cases(modality, "test"):
-        images, labels, spacing = cache.volume(modality, case_id)
-        pred = predict_volume(method, images, device, batch_size)
+        images, _, _ = cache.volume(modality, case_id)
+        inverse, reference, spacing = cache.native(modality, case_id)
+        pred = predict_native(method, images, inverse, device, batch_size)
         results.append({"case": f"{modality}_{case_id}",
-                        "metrics": evaluate_volume(pred, labels, spacing, adapter.classes)})
+                        "metrics": evaluate_volume(pred, reference, spacing, adapter.classes)})
     return results
 
 

@@ -20,6 +20,8 @@ MMWHS_CLASSES = {"MYO": 1, "LAC": 2, "LVC": 3, "AA": 4}
 MMWHS_RAW_LABELS = (0, 205, 420, 421, 500, 550, 600, 820, 850)
 #: Raw MM-WHS value -> class of :data:`MMWHS_CLASSES`; the other values of :data:`MMWHS_RAW_LABELS` are background.
 MMWHS_LABEL_MAP = {205: 1, 420: 2, 421: 2, 500: 3, 820: 4}
+#: Class of :data:`MMWHS_CLASSES` -> the raw value written for it.
+MMWHS_WRITE = {1: 205, 2: 420, 3: 500, 4: 820}
 
 
 def natural_key(path: str | Path) -> list:

@@ -10,8 +10,9 @@ from typing import Any, ClassVar
 import numpy as np
 
 from benchmark import formats
-from benchmark.dataset import CaseArrays, FileDatasetAdapter
+from benchmark.dataset import CaseArrays, FileDatasetAdapter, LabelCoding
 from benchmark.errors import DataError
+from benchmark.native import Grid
 from benchmark.registry import register_dataset
 
 from ._shared import natural_key
@@ -156,6 +157,12 @@ class ChaosBTCV(FileDatasetAdapter):
                 return path
         return self.btcv_dir / kind / f"{kind}{case_id}.nii.gz"
 
+    def label_coding(self, modality: str) -> LabelCoding:
+        """CHAOS MR masks write each organ at its nominal value (63, 126, 189, 252); BTCV CT at its organ number."""
+        if modality == "mr":
+            return LabelCoding(CHAOS_MAP, CHAOS_VALUES, {1: 63, 2: 126, 3: 189, 4: 252})
+        return LabelCoding(BTCV_MAP, BTCV_VALUES, {cls: raw for raw, cls in BTCV_MAP.items()})
+
     # -- reading -------------------------------------------------------------------------------------------
     def read_files(self, modality: str, case_id: str, problems: list[str]) -> CaseArrays | None:
         if modality == "mr":
@@ -163,7 +170,10 @@ class ChaosBTCV(FileDatasetAdapter):
         image_path = self._btcv_path("img", case_id)
         read = formats.read_nifti_pair(image_path, self._btcv_path("label", case_id), mapping=BTCV_MAP,
                                        allowed=BTCV_VALUES, problems=problems)
-        return None if read is None else (*read, image_path)
+        if read is None:
+            return None
+        image, label, spacing, grid = read
+        return CaseArrays(image, label, spacing, image_path, grid)
 
     def _read_chaos(self, case_id: str, problems: list[str]) -> CaseArrays | None:
         folder = self.chaos_dir / case_id / "T2SPIR"
@@ -199,6 +209,7 @@ class ChaosBTCV(FileDatasetAdapter):
                                    described="0 and (55, 70], (110, 135], (175, 200], (240, 255]")
         if label is None:
             return None
-        image, _, spacing = formats.to_canonical(series.volume, series.affine)
-        label, _, _ = formats.to_canonical(label, series.affine)
-        return image, label, spacing, folder
+        ornt = formats.canonical_orientation(series.affine)
+        image, _, spacing = formats.to_canonical(series.volume, series.affine, ornt)
+        label, _, _ = formats.to_canonical(label, series.affine, ornt)
+        return CaseArrays(image, label, spacing, folder, Grid.of(series.affine, series.volume.shape, ornt))

@@ -7,10 +7,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar
 
-from benchmark.dataset import CaseArrays, FileDatasetAdapter
+from benchmark.dataset import CaseArrays, FileDatasetAdapter, LabelCoding
 from benchmark.registry import register_dataset
 
-from ._shared import MMWHS_CLASSES, MMWHS_LABEL_MAP, MMWHS_RAW_LABELS
+from ._shared import MMWHS_CLASSES, MMWHS_LABEL_MAP, MMWHS_RAW_LABELS, MMWHS_WRITE
 
 _FILE = re.compile(r"^(ct|mr)_train_(\d{4})_(image|label)\.nii(\.gz)?$")
 
@@ -90,10 +90,16 @@ class MMWHS(FileDatasetAdapter):
                 for modality in self.modalities for _, kinds in sorted(self._found[modality].items())
                 for paths in kinds.values() if len(paths) > 1]
 
+    def label_coding(self, modality: str) -> LabelCoding:
+        return LabelCoding(MMWHS_LABEL_MAP, MMWHS_RAW_LABELS, MMWHS_WRITE)
+
     def read_files(self, modality: str, case_id: str, problems: list[str]) -> CaseArrays | None:
         from benchmark.formats import read_nifti_pair
 
         image_path = self._path(modality, case_id, "image")
         read = read_nifti_pair(image_path, self._path(modality, case_id, "label"), mapping=MMWHS_LABEL_MAP,
                                allowed=MMWHS_RAW_LABELS, problems=problems)
-        return None if read is None else (*read, image_path)
+        if read is None:
+            return None
+        image, label, spacing, grid = read
+        return CaseArrays(image, label, spacing, image_path, grid)

@@ -16,6 +16,7 @@ import numpy as np
 
 from benchmark.dataset import CaseArrays, FileDatasetAdapter
 from benchmark.errors import DataError
+from benchmark.native import Grid
 from benchmark.registry import register_dataset
 
 from ._shared import MMWHS_CLASSES, MMWHS_LABEL_MAP, MMWHS_RAW_LABELS, natural_key
@@ -32,6 +33,8 @@ MATCH_CORRELATION = 0.98
 #: A slice chain is a test subject's when at least this fraction of its slices match that subject's slices.
 CHAIN_MATCH_FRACTION = 0.5
 _INVENTORY_VERSION = "1"
+#: The in-plane flip between the release's stored test volumes and its training slices, as a nibabel orientation.
+_TEST_FLIP = ((0, -1), (1, -1), (2, 1))
 
 
 def _digest(*parts: bytes) -> str:
@@ -237,6 +240,7 @@ class MMWHS2D(FileDatasetAdapter):
             if arrays is None:
                 return None
             image, raw, spacing, source = arrays["arr_0"], arrays["arr_1"], (1.0, 1.0, 1.0), entry[1]
+            affine = np.eye(4)
         else:
             img = read_nifti(entry[1], problems=problems)
             lab = read_nifti(entry[2], dtype=None, problems=problems)
@@ -245,7 +249,7 @@ class MMWHS2D(FileDatasetAdapter):
             if img.data.shape == lab.data.shape and not affines_match(img.affine, lab.affine, img.data.shape):
                 problems.append(f"{entry[2]}: its voxel-to-world affine differs from the image's ({entry[1].name}).")
                 return None
-            image, raw, source = img.data, lab.data, entry[1]
+            image, raw, source, affine = img.data, lab.data, entry[1], img.affine
             spacing = tuple(float(s) for s in np.sqrt((img.affine[:3, :3] ** 2).sum(axis=0)))
         if image.ndim != 3 or raw.shape != image.shape:
             problems.append(f"{source}: image shape {image.shape} and label shape {raw.shape} differ (or are not "
@@ -259,7 +263,9 @@ class MMWHS2D(FileDatasetAdapter):
         if label is None or len(problems) > before:
             return None
         image = np.ascontiguousarray(np.asarray(image, dtype=np.float32)[::-1, ::-1])
-        return image, np.ascontiguousarray(label[::-1, ::-1]), spacing, source
+        # the volumes are flipped in plane to the training slices' orientation; the grid records the flip
+        grid = Grid.of(affine, image.shape, _TEST_FLIP)
+        return CaseArrays(image, np.ascontiguousarray(label[::-1, ::-1]), spacing, source, grid)
 
     # -- the inventory: chains of training slices, with test-subject slices removed ----------------------------
     def _inventory_key(self) -> str:
@@ -465,6 +471,10 @@ class MMWHS2D(FileDatasetAdapter):
                        f"{': ' + drops if drops else ''} and {inv['removed_slices']} other matching slices; "
                        f"{len(kept)} chains remain for training.")
         return out
+
+    def input_grid(self, affine: np.ndarray, shape: tuple[int, ...]) -> Grid:
+        """A new scan is oriented as the release's test volumes: flipped on its first two axes, not reoriented."""
+        return Grid.of(affine, shape, _TEST_FLIP)
 
     def read_files(self, modality: str, case_id: str, problems: list[str]) -> CaseArrays | None:
         from benchmark.formats import read_tfrecord_at

@@ -24,6 +24,10 @@ class SyntheticHeart(DatasetAdapter):
     tissue intensities of each modality. Case IDs are ``"000"``..``"023"`` per modality; the MR-like and CT-like
     subject with the same ID are unrelated draws.
 
+    Version 2 renders the CT-like side as a contrast-enhanced cardiac CT angiogram (as MM-WHS CT): the blood pools
+    far brighter than the myocardium, with attenuations from coronary CTA practice (see
+    :mod:`benchmark.phantom.tables`); version 1 had them much closer. The MR-like volumes are those of version 1.
+
     The data are identified by what the generator produces. The slice cache is keyed by :meth:`fingerprint`, a
     hash of the generator's parameter tables and the number of subjects, so changing a number rebuilds the cache.
     Bump :attr:`version` whenever any generated volume changes (``tests/test_phantom.py`` compares the volumes
@@ -31,7 +35,7 @@ class SyntheticHeart(DatasetAdapter):
     finished trials and published rows made from the old volumes are then never reused or mixed with new ones.
     """
 
-    version = "1"
+    version = "2"
     modalities = MODALITIES
     classes = dict(CLASSES)
     slice_axis = 2

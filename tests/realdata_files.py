@@ -208,6 +208,43 @@ def subject_2d(rng, h=16, w=16, d=6):
     return image, label
 
 
+TESTS_2D = {"ct": ["1003", "1008", "1014", "1019"], "mr": ["1007", "1009", "1018", "1019"]}
+
+
+def write_release(root, *, leak=("1003", "1007"), nifti_for=("1008",), shuffle=True, seed=0):
+    """Three training subjects per modality plus the test subjects; ``leak`` test subjects also in training."""
+    import nibabel as nib
+
+    rng = np.random.default_rng(seed)
+    subjects, n = {}, 0
+    for m, tests in TESTS_2D.items():
+        lines = []
+        for sid in ["a", "b", "c", *tests]:
+            image, label = subject_2d(rng, d=5 + len(subjects) % 3)
+            subjects[(m, sid)] = (image, label)
+            if sid not in tests or sid in leak:
+                for k in range(image.shape[2]):
+                    path = root / f"{m}_train_tfs" / f"{m}_train_slice{n}.tfrecords"
+                    n += 1
+                    write_tfrecord_slices(path, image, label, [k])
+                    lines.append(f"./data/{m}_train_tfs/{path.name}")
+            if sid in tests:
+                stored_image, stored_label = image[::-1, ::-1], label[::-1, ::-1]  # the release's test flip
+                if sid in nifti_for:
+                    folder = root / f"test_{m}_image_n_labels"
+                    folder.mkdir(exist_ok=True)
+                    aff = np.diag([1.2, 1.2, 1.5, 1])
+                    nib.save(nib.Nifti1Image(stored_image, aff), str(folder / f"image_{m}_{sid}.nii.gz"))
+                    nib.save(nib.Nifti1Image(stored_label, aff), str(folder / f"gth_{m}_{sid}.nii.gz"))
+                else:
+                    (root / f"test_{m}").mkdir(exist_ok=True)
+                    np.savez(root / f"test_{m}" / f"image_{m}_{sid}.npz", stored_image, stored_label)
+        if shuffle:
+            lines = [lines[i] for i in np.random.default_rng(1).permutation(len(lines))]
+        (root / f"{m}_train_list").write_text("\n".join(lines) + "\n")
+    return subjects
+
+
 def copy_tree(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst

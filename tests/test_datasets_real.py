@@ -11,11 +11,11 @@ import pytest
 from realdata_files import (
     BTCV_TO_CLASS,
     MMWHS_TO_CLASS,
-    subject_2d,
+    TESTS_2D,
     write_chaos_btcv,
     write_mmwhs,
     write_png,
-    write_tfrecord_slices,
+    write_release,
 )
 
 import benchmark
@@ -151,9 +151,10 @@ def test_mmwhs_cache_is_cropped_coronal_and_normalised_per_volume(mmwhs_root, tm
 
 def test_settings_resolution_keeps_the_synthetic_cache_key():
     synthetic = benchmark.get_dataset("synthetic-heart")
-    # the synthetic caches' keys stay put unless the generator's parameters or a preprocessing default change
-    assert cache_key(synthetic, PreprocessSettings(size=64)) == "425fa6b9e5c51af2"
-    assert cache_key(synthetic, PreprocessSettings(size=32)) == "ba86009d514a8008"
+    # the synthetic caches' keys stay put unless the generator's parameters, the cache layout or a preprocessing
+    # default change (dataset version 2 and cache format 2 set these)
+    assert cache_key(synthetic, PreprocessSettings(size=64)) == "29ca2605d0afa4f6"
+    assert cache_key(synthetic, PreprocessSettings(size=32)) == "07683bb177c3bec1"
     assert PreprocessSettings(size=64).resolve(synthetic) == PreprocessSettings(
         size=64, clip_low=0.5, clip_high=99.5, normalise="modality", crop="none")
     mmwhs = benchmark.get_dataset("mmwhs", root="/x")
@@ -239,41 +240,6 @@ def test_chaos_interpolated_mask_values_map_by_the_organisers_ranges(chaos_btcv_
 
 
 # -- the preprocessed 2D release ------------------------------------------------------------------------------
-TESTS_2D = {"ct": ["1003", "1008", "1014", "1019"], "mr": ["1007", "1009", "1018", "1019"]}
-
-
-def write_release(root, *, leak=("1003", "1007"), nifti_for=("1008",), shuffle=True, seed=0):
-    """Three training subjects per modality plus the test subjects; ``leak`` test subjects also in training."""
-    rng = np.random.default_rng(seed)
-    subjects, n = {}, 0
-    for m, tests in TESTS_2D.items():
-        lines = []
-        for sid in ["a", "b", "c", *tests]:
-            image, label = subject_2d(rng, d=5 + len(subjects) % 3)
-            subjects[(m, sid)] = (image, label)
-            if sid not in tests or sid in leak:
-                for k in range(image.shape[2]):
-                    path = root / f"{m}_train_tfs" / f"{m}_train_slice{n}.tfrecords"
-                    n += 1
-                    write_tfrecord_slices(path, image, label, [k])
-                    lines.append(f"./data/{m}_train_tfs/{path.name}")
-            if sid in tests:
-                stored_image, stored_label = image[::-1, ::-1], label[::-1, ::-1]  # the release's test flip
-                if sid in nifti_for:
-                    folder = root / f"test_{m}_image_n_labels"
-                    folder.mkdir(exist_ok=True)
-                    aff = np.diag([1.2, 1.2, 1.5, 1])
-                    nib.save(nib.Nifti1Image(stored_image, aff), str(folder / f"image_{m}_{sid}.nii.gz"))
-                    nib.save(nib.Nifti1Image(stored_label, aff), str(folder / f"gth_{m}_{sid}.nii.gz"))
-                else:
-                    (root / f"test_{m}").mkdir(exist_ok=True)
-                    np.savez(root / f"test_{m}" / f"image_{m}_{sid}.npz", stored_image, stored_label)
-        if shuffle:
-            lines = [lines[i] for i in np.random.default_rng(1).permutation(len(lines))]
-        (root / f"{m}_train_list").write_text("\n".join(lines) + "\n")
-    return subjects
-
-
 @pytest.fixture(scope="module")
 def release(tmp_path_factory):
     root = tmp_path_factory.mktemp("mmwhs2d")

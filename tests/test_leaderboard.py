@@ -12,7 +12,10 @@ import pandas as pd
 import pytest
 
 from benchmark import leaderboard as lb
+from benchmark.errors import UsageError
 from benchmark.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from benchmark.leaderboard_publish import _csv_text
+from benchmark.protocol import PROTOCOL
 
 STRUCTS = ["MYO", "LAC", "LVC", "AA"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -32,7 +35,7 @@ def make_record(
     preset: str = "quick",
     selection: str = "last",
     commit: str = "a1b2c3d",
-    protocol: str = "fsuda-v1",
+    protocol: str = PROTOCOL,
     structures=STRUCTS,
 ) -> dict:
     def block(values):
@@ -252,12 +255,45 @@ def test_provenance_joined_sorted():
     records = [
         make_record("m", seed=0, commit="bbb"),
         make_record("m", seed=1, commit="aaa"),
-        make_record("m", seed=2, commit="bbb", protocol="fsuda-v2"),
+        make_record("m", seed=2, commit="bbb"),
     ]
     r = row(lb.build_rows(records), "m")
     assert r["commit"] == "aaa+bbb"
-    assert r["protocol"] == "fsuda-v1+fsuda-v2"
+    assert r["protocol"] == PROTOCOL
     assert r["dataset_version"] == "1"
+
+
+def test_protocols_never_share_a_row_or_a_board(tmp_path: Path):
+    records = [make_record("m", seed=0, dice=(0.2,) * 4), make_record("m", seed=1, dice=(0.4,) * 4),
+               make_record("m", seed=2, dice=(0.9,) * 4, protocol="fsuda-v1"),
+               make_record("source_only", seed=0, protocol="fsuda-v1"), make_record("oracle", seed=0)]
+    rows = lb.build_rows(records)
+    current, past = row(rows, "m", protocol=PROTOCOL), row(rows, "m", protocol="fsuda-v1")
+    assert (current["seeds_done"], current["dice_mean"]) == (2, pytest.approx(0.3))
+    assert (past["seeds_done"], past["dice_mean"]) == (1, pytest.approx(0.9))
+    # gap_closed needs both references of the row's own protocol; v2 has no source_only row here
+    assert np.isnan(current["gap_closed"])
+    paths = lb.write_leaderboards(records, tmp_path)
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in paths) == [
+        "synthetic-heart/archive/fsuda-v1/mr2ct.csv", "synthetic-heart/mr2ct.csv"]
+    assert set(lb.read_leaderboard(paths[1])["protocol"]) == {PROTOCOL}
+
+
+def test_publishing_a_new_protocol_archives_the_old_board(tmp_path: Path):
+    old = lb.build_rows([make_record("m", seed=s, protocol="fsuda-v1") for s in range(3)]
+                        + [make_record("adaptseg", seed=0, protocol="fsuda-v1")])
+    board = tmp_path / "synthetic-heart" / "mr2ct.csv"
+    board.parent.mkdir(parents=True)
+    board.write_text(_csv_text(old))  # a board published under the earlier protocol
+    before = board.read_text()
+    lb.publish(lb.build_rows([make_record("m", seed=0, dice=(0.1,) * 4)]), tmp_path)
+    now = lb.read_leaderboard(board)
+    assert list(now["method"]) == ["m"] and list(now["protocol"]) == [PROTOCOL]
+    archived = tmp_path / "synthetic-heart" / "archive" / "fsuda-v1" / "mr2ct.csv"
+    assert sorted(lb.read_leaderboard(archived)["method"]) == ["adaptseg", "m"]
+    assert archived.read_text() == before  # the old rows, byte for byte
+    with pytest.raises(UsageError, match=r"earlier protocol.*m 4-shot \(fsuda-v1\)"):
+        lb.publish(old, tmp_path)
 
 
 def test_rows_from_results_store_records(tmp_path: Path):
@@ -345,7 +381,7 @@ def test_markdown_contains_rows(tmp_path: Path):
     (csv_path,) = lb.write_leaderboards(_sample_records(), tmp_path)
     md = csv_path.with_suffix(".md").read_text()
     assert "synthetic-heart / mr2ct" in md
-    assert "fsuda-v1" in md and "quick" in md and "a1b2c3d" in md
+    assert PROTOCOL in md and "quick" in md and "a1b2c3d" in md
     assert "selection=last" in md
     # source_only has two seeds: mean 0.51, std of (0.5, 0.52)
     std = np.std([0.5, 0.52], ddof=1)

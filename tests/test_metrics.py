@@ -426,3 +426,23 @@ def test_mean_over_structures():
     assert mean_over_structures(result) == {"dice": 0.75, "assd_mm": 2.0, "hd95_mm": 6.0}
     with pytest.raises(ValueError, match="no structures"):
         mean_over_structures({})
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_boundary_and_nearest_distances_equal_scipys_erosion_and_distance_transform(seed):
+    from benchmark.metrics import SHELL_VOXELS, _boundary, _distances_to
+
+    rng = np.random.default_rng(seed)
+    shape = (30, 26, 22)
+    mask = ndimage.gaussian_filter(rng.standard_normal(shape), 2.0) > 0.3
+    mask[:3, :3, :3] = True  # touches the image edge
+    structure = ndimage.generate_binary_structure(3, 1)
+    expected = mask & ~ndimage.binary_erosion(mask, structure, border_value=0)
+    np.testing.assert_array_equal(_boundary(mask), expected)
+    target = np.zeros(shape, bool)
+    target[2:5, 2:5, 2:5] = True  # far from most query voxels: they need the k-d tree beyond the shell
+    spacing = tuple(float(s) for s in rng.uniform(0.5, 2.0, 3))
+    got = _distances_to(target, expected, spacing)
+    reference = ndimage.distance_transform_edt(~target, sampling=spacing)[expected]
+    assert (reference > SHELL_VOXELS * min(spacing)).any() and (reference <= SHELL_VOXELS * min(spacing)).any()
+    np.testing.assert_allclose(got, reference, rtol=0, atol=1e-12)

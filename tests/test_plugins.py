@@ -4,6 +4,7 @@ hosting rules and their errors, and how a plug-in joins its host's optimizer ste
 from __future__ import annotations
 
 import copy
+import dataclasses
 import io
 import math
 import sys
@@ -18,7 +19,7 @@ from benchmark.hparams import HParam, resolve
 from benchmark.leaderboard import build_rows, method_label
 from benchmark.losses import dice_ce_loss
 from benchmark.method import Method, Plugin
-from benchmark.protocol import TrialSpec, parse_method_entry, row_name
+from benchmark.protocol import PROTOCOL, TrialSpec, parse_method_entry, row_name
 from benchmark.registry import Entry
 from benchmark.runner import build_grid
 from benchmark.streams import Batch
@@ -55,12 +56,15 @@ def test_composed_name():
 
 def test_specs_without_plugins_keep_their_hashes():
     spec = TrialSpec(dataset="synthetic-heart", direction="mr2ct", method="metahallu", shots=1, seed=0,
-                     preset="quick", hparams={"lr": 0.001, "meta": True}, preset_settings={"steps": 300, "size": 64})
+                     preset="quick", hparams={"lr": 0.001, "meta": True}, preset_settings={"steps": 300, "size": 64},
+                     protocol="fsuda-v1", dataset_version="1")
     assert "plugins" not in spec.to_dict()
     assert spec.trial_id == "5ef17dad6a4b53d2"  # computed before plug-ins existed
     # the full grid of the reference rows hashes as it did before plug-ins existed
     specs = build_grid(dataset="synthetic-heart", methods=["source_only", "oracle", "source_only:lr=0.003"],
                        shots=[1, 4], directions=["mr2ct"], seeds=[0], preset="quick")
+    # under the protocol and dataset version of the time (fsuda-v1, synthetic heart 1)
+    specs = [dataclasses.replace(s, protocol="fsuda-v1", dataset_version="1") for s in specs]
     assert [s.trial_id for s in specs] == ["bc970b4f841449c9", "566b208b442fb61b", "ab415ce71bb47bfb",
                                            "3e05e37ab1e4f272", "19a9796f8b2587ba", "446ae1aa8867fe2d"]
     assert all("plugins" not in s.to_dict() for s in specs)
@@ -111,7 +115,7 @@ def test_composition_errors():
 def test_leaderboard_rows_show_the_composed_name():
     def record(method: str, plugins: list, dice: float, seed: int) -> dict:
         config = {"dataset": "synthetic-heart", "direction": "mr2ct", "method": method, "shots": 1, "seed": seed,
-                  "selection": "last", "preset": "quick", "protocol": "fsuda-v1", "dataset_version": "1",
+                  "selection": "last", "preset": "quick", "protocol": PROTOCOL, "dataset_version": "1",
                   "method_version": "2", "hparam_sample": 0}
         if plugins:
             config["plugins"] = plugins

@@ -31,15 +31,19 @@ Why the gap is real
 The two modalities share the anatomy model but differ in everything a segmentation network latches onto: tissue
 contrast (several orderings are inverted), noise model, bias field, slice thickness and partial-volume blur.
 :data:`TISSUE_INTENSITY` holds each tissue's nominal mean (MR in arbitrary units, bSSFP-like; CT in Hounsfield
-units, contrast-enhanced); each subject jitters them.
+units of an arterial-phase cardiac CT angiogram, the kind of CT that MM-WHS holds); each subject jitters them.
 
 * MR: blood the brightest tissue, dark myocardium, bright fat, intermediate soft tissue, dark lungs and cortical
   bone, medium marrow; a smooth multiplicative bias field; Rician noise (magnitude of complex Gaussian noise);
   thick slices rendered with a through-plane slice profile (partial-volume averaging along z).
-* CT: Hounsfield-like values, Gaussian noise correlated by a slight isotropic blur, thinner slices.
+* CT (CT angiography): iodinated blood pools far brighter than the enhanced myocardium, as coronary CTA's contrast
+  bolus makes them (values and sources in :mod:`.tables`), even in a window that spans air to bone; the myocardium
+  brighter than skeletal muscle and fat; dark fat and lungs; cortical bone the brightest tissue; Gaussian noise
+  correlated by a slight isotropic blur; thinner slices.
 * Inversions: fat is brighter than every soft tissue in MR but darker than every soft tissue in CT; bone is dark in
-  MR and the brightest tissue in CT; the myocardium is darker than fat and soft tissue in MR, brighter than fat in
-  CT.
+  MR and the brightest tissue in CT; the myocardium is darker than fat and soft tissue in MR, brighter than both in
+  CT. Blood is bright in both, as in real bSSFP MR and CTA: the gap lies in what surrounds it (myocardium against
+  soft tissue, fat, bone), the noise, the bias field and the slices.
 
 The grid (:data:`.tables.GRID`, :data:`.tables.SLICES`) is centred on the heart; both modalities share the in-plane
 grid and cover the same axial extent, MR with fewer, thicker slices.

@@ -21,7 +21,14 @@ TISSUES = {
     "myocardium": 5, "blood": 6, "bone": 7, "marrow": 8, "fluid": 9,
 }
 
-# Nominal tissue means per modality (MR arbitrary units, bSSFP-like; CT in HU, contrast-enhanced).
+# Nominal tissue means per modality. MR: arbitrary units, bSSFP-like. CT: HU of an arterial-phase cardiac CT
+# angiogram (CTA, as MM-WHS CT), iodinated blood far brighter than the enhanced myocardium. Coronary CTA asks for a
+# lumen enhancement of at least about 250-300 HU (SCCT guidelines for the performance and acquisition of coronary
+# CTA, Abbara et al., J Cardiovasc Comput Tomogr 10:435-449, 2016); well-timed boluses give the aortic root about
+# 420-480 HU on average, up to ~550 HU one SD above (PMID 20016900), and normal enhanced left-ventricular myocardium
+# about 80-105 HU (J Cardiovasc Comput Tomogr 5:406-411, 2011, doi:10.1016/j.jcct.2011.10.003). Blood sits at the
+# bright end of that range so that the pools stay far above the myocardium in a window that reaches from air to
+# bone; "bone" is a thin cortical shell, partial-volume averaged at this voxel size, and the brightest tissue.
 TISSUE_INTENSITY = {
     "mr": {
         "air": 0.0, "lung": 45.0, "fat": 540.0, "soft": 300.0, "liver": 340.0,
@@ -29,7 +36,7 @@ TISSUE_INTENSITY = {
     },
     "ct": {
         "air": -1000.0, "lung": -830.0, "fat": -100.0, "soft": 50.0, "liver": 80.0,
-        "myocardium": 70.0, "blood": 320.0, "bone": 850.0, "marrow": 260.0, "fluid": 15.0,
+        "myocardium": 100.0, "blood": 550.0, "bone": 850.0, "marrow": 260.0, "fluid": 15.0,
     },
 }
 
@@ -196,7 +203,7 @@ MR_IMAGING = {
 }
 CT_IMAGING = {
     "mean_sd": 12.0,  # per-subject offset of each tissue mean except blood and air
-    "blood_jitter": (0.92, 1.08),  # per-subject factor on the contrast-enhanced blood
+    "blood_jitter": (0.92, 1.08),  # per-subject factor on the contrast-enhanced blood (bolus timing, dose)
     "noise": (45.0, 75.0),  # Gaussian noise sd in HU
     "blur": 0.6, "blur_truncate": 3.0,  # isotropic blur (voxels), which also correlates the noise
 }
