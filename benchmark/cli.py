@@ -1,4 +1,4 @@
-"""``python -m benchmark``: run, ls, leaderboard, publish, prepare, validate, visualize, evaluate, predict.
+"""``python -m benchmark``: run, ls, leaderboard, publish, compare, prepare, validate, visualize, evaluate, predict.
 
 Usage errors (an unknown method, an impossible shot count, a bad option) exit with code 2 and a one-paragraph
 message; other errors a user can cause (a corrupt file, a failed trial) exit with code 1 and print no traceback.
@@ -13,9 +13,10 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from .cli_scoring import (DEFAULT_OUT, add_scoring_parsers, cmd_compare, cmd_evaluate, cmd_predict,
+                          leaderboards_dir)
 from .errors import BenchmarkError, UsageError
 
-DEFAULT_OUT = "runs"
 
 
 def _csv(value: str) -> list[str]:
@@ -75,11 +76,17 @@ def build_parser(prog: str = "python -m benchmark") -> argparse.ArgumentParser:
 
     lb = sub.add_parser("leaderboard", help="print the leaderboards of a run directory or of leaderboards/")
     lb.add_argument("dir", nargs="?", default=DEFAULT_OUT, help="a run directory (--out of run) or leaderboard CSVs")
+    lb.add_argument("--format", default="text", choices=("text", "markdown", "latex"),
+                    help="latex: a booktabs table per track, best per column in bold, 95%% intervals")
 
     pub = sub.add_parser("publish", help="merge a run's rows into leaderboards/<dataset>/<direction>.csv")
     pub.add_argument("dir", nargs="?", default=DEFAULT_OUT, help="the run directory (--out of run) to publish")
     pub.add_argument("--to", default=None,
                      help="leaderboards directory (default: the checkout's leaderboards/; an installed copy needs it)")
+    pub.add_argument("--replace", action="store_true", help="allow replacing a row by one with fewer seeds")
+    pub.add_argument("--allow-dirty", action="store_true",
+                     help="allow rows whose trials ran from a tree with uncommitted changes")
+    pub.add_argument("--dry-run", action="store_true", help="print what would be added and replaced; write nothing")
 
     pr = sub.add_parser("prepare", help="build a dataset's slice cache")
     pr.add_argument("dataset", nargs="?", default="synthetic-heart", help="a registered dataset, as ls lists them")
@@ -105,39 +112,8 @@ def build_parser(prog: str = "python -m benchmark") -> argparse.ArgumentParser:
     vi.add_argument("--hparam-sample", type=int, default=None, help="the trial's hyperparameter sample")
     vi.add_argument("--rows", type=int, default=4, help="examples to draw")
     vi.add_argument("--png", default=None, help="where to write (default: <out>/figures/...png)")
-    _add_evaluate_parsers(sub, presets)
+    add_scoring_parsers(sub, presets)
     return p
-
-
-def _add_evaluate_parsers(sub, presets: str) -> None:
-    ev = sub.add_parser("evaluate", help="score a folder of NIfTI predictions of a dataset's test cases with the "
-                                         "protocol's metrics, on each label file's own grid")
-    ev.add_argument("--dataset", default="synthetic-heart", help="a registered dataset, as ls lists them")
-    ev.add_argument("--root", "--data-root", dest="root", default=None, help="where a real dataset's files are")
-    ev.add_argument("--predictions", required=True, help="folder of <modality>_<case id>.nii.gz files")
-    ev.add_argument("--modality", default=None, help="the modality predicted (default: the dataset's last, e.g. ct)")
-    ev.add_argument("--labels", default="auto", choices=("auto", "raw", "indices"),
-                    help="the files' label values: the dataset's raw values or the suite's class indices")
-    ev.add_argument("--out", default="evaluation", help="where per_volume.csv and summary.csv are written")
-    ev.add_argument("--name", default=None, help="the model's name for --publish (row external:NAME)")
-    ev.add_argument("--shots", default=None, help="with --publish: the labeled source volumes the model used")
-    ev.add_argument("--direction", default=None, help="with --publish: the track (default: <other>2<modality>)")
-    ev.add_argument("--publish", action="store_true", help="add an external:NAME row to the track's leaderboard")
-    ev.add_argument("--to", default=None, help="with --publish: leaderboards directory (default: the checkout's)")
-
-    pd_ = sub.add_parser("predict", help="segment a new scan with a finished trial's model, written on the scan's "
-                                         "own grid and affine in the dataset's raw label values")
-    pd_.add_argument("method", nargs="?", default=None, help="e.g. sifa_lite (optional with --trial)")
-    pd_.add_argument("--input", required=True, help="the scan, a NIfTI file of the trial's target modality")
-    pd_.add_argument("--output", required=True, help="where to write the segmentation (.nii.gz)")
-    pd_.add_argument("--out", default=DEFAULT_OUT, help="the run's results directory")
-    pd_.add_argument("--trial", default=None, help="a trial id (its folder name under <out>/trials)")
-    pd_.add_argument("--direction", default=None, help="the trial's direction, e.g. mr2ct")
-    pd_.add_argument("--shots", default=None, help="the trial's shots, e.g. 4 or all")
-    pd_.add_argument("--seed", type=int, default=None, help="the trial's seed")
-    pd_.add_argument("--dataset", default=None, help="the trial's dataset")
-    pd_.add_argument("--preset", default=None, metavar=presets, help="the trial's preset")
-    pd_.add_argument("--hparam-sample", type=int, default=None, help="the trial's hyperparameter sample")
 
 
 def _add_run_parser(sub, presets: str) -> None:
@@ -280,7 +256,7 @@ def _load_rows(directory: Path):
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from .leaderboard import format_table
+    from .leaderboard import format_latex, format_table, render_markdown
 
     directory = Path(args.dir)
     if not directory.exists():
@@ -288,22 +264,24 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     rows = _load_rows(directory)
     if rows.empty:
         raise UsageError(f"{directory} has no finished trials yet.")
-    print(format_table(rows))
+    print({"text": format_table, "markdown": render_markdown, "latex": format_latex}[args.format](rows))
     return 0
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    from .leaderboard import build_rows, publish
+    from .leaderboard import build_rows, publish, volume_rows
     from .store import ResultsStore
 
     directory = Path(args.dir)
     if not (directory / "trials").is_dir():
         raise UsageError(f"{directory} is not a run directory (it has no trials/ folder); pass the --out of a run.")
-    target = _leaderboards_dir(args.to)
-    rows = build_rows(list(ResultsStore(directory).records()))
+    target = leaderboards_dir(args.to)
+    records = list(ResultsStore(directory).records())
+    rows = build_rows(records)
     if rows.empty:
         raise UsageError(f"{directory} has no finished trials to publish.")
-    for path in publish(rows, target):
+    for path in publish(rows, target, volumes=volume_rows(records), replace=args.replace,
+                        allow_dirty=args.allow_dirty, dry_run=args.dry_run, log=print):
         print(f"Published {path}")
     return 0
 
@@ -353,66 +331,9 @@ def cmd_visualize(args: argparse.Namespace) -> int:
     return 0
 
 
-def _leaderboards_dir(to: str | None) -> Path:
-    """Where publishing writes: ``to``, else the checkout's ``leaderboards/`` (an installed copy has none)."""
-    from .registry import checkout_root
-
-    if to is not None:
-        return Path(to)
-    checkout = checkout_root()
-    if checkout is None or not (checkout / "leaderboards").is_dir():
-        raise UsageError(f"No repository leaderboards/ folder is next to this copy of the suite "
-                         f"({Path(__file__).parent}; an installed copy has none), so publish does not know where to "
-                         f"write: pass --to DIR, e.g. the leaderboards/ folder of a clone of the repository.")
-    return checkout / "leaderboards"
-
-
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    from . import get_dataset
-    from .evaluate import evaluate_predictions, external_record
-    from .leaderboard import build_rows, publish
-    from .protocol import parse_direction, parse_shots
-
-    adapter = get_dataset(args.dataset, args.root)
-    if args.publish:  # check the row's identity before any work
-        if not args.name or args.shots is None:
-            raise UsageError("--publish needs --name NAME (the row is external:NAME) and --shots K (the labeled "
-                             "source volumes the model was trained with).")
-        shots = parse_shots(args.shots)
-        modality = args.modality or adapter.modalities[-1]
-        direction = args.direction or "2".join([*(m for m in adapter.modalities if m != modality)][:1] + [modality])
-        if parse_direction(direction, adapter.modalities)[1] != modality:
-            raise UsageError(f"Direction {direction} does not have {modality} as its target.")
-        target = _leaderboards_dir(args.to)
-    result = evaluate_predictions(adapter, args.predictions, modality=args.modality, labels=args.labels,
-                                  out=args.out)
-    print(f"{adapter.name} {result.modality}: {len(result.volumes)} test volumes scored on their label files' grids; "
-          f"label values: {result.label_values}.")
-    print(result.summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    for path in result.written:
-        print(f"Wrote {path}")
-    if args.publish:
-        rows = build_rows([external_record(result, adapter, args.name, direction, shots)])
-        for path in publish(rows, target):
-            print(f"Published {path}")
-    return 0
-
-
-def cmd_predict(args: argparse.Namespace) -> int:
-    from .predict import predict_scan
-
-    done = predict_scan(args.out, args.input, args.output, method=args.method, trial_id=args.trial,
-                        dataset=args.dataset, direction=args.direction, shots=args.shots, seed=args.seed,
-                        preset=args.preset, hparam_sample=args.hparam_sample)
-    counts = ", ".join(f"{k} {v}" for k, v in done.voxels.items())
-    print(f"Wrote {done.path} ({'x'.join(map(str, done.shape))} voxels, the input's grid) with trial "
-          f"{done.trial_id} ({done.label}); voxels per structure: {counts}")
-    return 0
-
-
 COMMANDS = {"run": cmd_run, "ls": cmd_ls, "leaderboard": cmd_leaderboard, "publish": cmd_publish,
             "prepare": cmd_prepare, "validate": cmd_validate, "visualize": cmd_visualize,
-            "evaluate": cmd_evaluate, "predict": cmd_predict}
+            "evaluate": cmd_evaluate, "predict": cmd_predict, "compare": cmd_compare}
 
 
 def prog_name(argv0: str | None = None) -> str:

@@ -25,11 +25,13 @@ files on disk).
 
 from __future__ import annotations
 
-from .leaderboard_aggregate import build_rows, method_label, recompute_gap_closed, sort_rows
-from .leaderboard_publish import publish, read_leaderboard, write_leaderboards
-from .leaderboard_render import PLOT_DPI, format_table, render_markdown, render_plot
+from .leaderboard_aggregate import (build_rows, method_label, preset_label, recompute_gap_closed, sort_rows,
+                                    volume_rows)
+from .leaderboard_publish import publish, publish_plan, read_leaderboard, read_volumes, write_leaderboards
+from .leaderboard_render import format_latex, format_table, render_markdown
 from .leaderboard_schema import (COLUMN_DESCRIPTIONS, COLUMNS, KEY_COLUMNS, LEAD_COLUMNS, METRICS, README_TEXT,
-                                 ROW_KEY, TAIL_COLUMNS, columns_for, normalize_shots, shots_sort_key, structures_of)
+                                 ROW_KEY, TAIL_COLUMNS, columns_for, normalize_shots, shots_sort_key, structures_of,
+                                 track_rows)
 
 __all__ = [
     "METRICS",
@@ -40,7 +42,6 @@ __all__ = [
     "COLUMNS",
     "COLUMN_DESCRIPTIONS",
     "README_TEXT",
-    "PLOT_DPI",
     "columns_for",
     "structures_of",
     "method_label",
@@ -53,6 +54,11 @@ __all__ = [
     "read_leaderboard",
     "format_table",
     "render_markdown",
-    "render_plot",
+    "format_latex",
+    "preset_label",
+    "volume_rows",
+    "read_volumes",
+    "publish_plan",
+    "track_rows",
     "publish",
 ]

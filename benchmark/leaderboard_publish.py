@@ -1,5 +1,14 @@
-"""Leaderboard files: one CSV per track with its Markdown and plot beside it, written from a run or merged into
-the published boards.
+"""Leaderboard files: one CSV per track with its Markdown, figures and per-volume metrics beside it, written from a
+run or merged into the published boards.
+
+Files of a track: ``<direction>.csv`` (the table), ``.md``, ``.png`` and ``.svg`` (the figure), ``.ranks.png``
+(the bootstrap rank distribution of each group's rows) and ``.volumes.csv`` (one line per trial x test volume x
+structure, the data behind every interval, rank and comparison of the table).
+
+Publishing never replaces a row silently. Rows are identified by :data:`~benchmark.leaderboard_schema.ROW_KEY`
+(a short run's preset reads ``quick[steps=20]``, so it is a row of its own); :func:`publish` reports each row it
+adds or replaces and refuses, naming the row, to replace a row by one with fewer seeds (``replace=True``
+allows it) or to publish a row whose trials ran from a tree with uncommitted changes (``allow_dirty=True``).
 
 One table never mixes protocols. The board of a track, ``<dataset>/<direction>.csv``, holds rows of the current
 protocol (:data:`benchmark.protocol.PROTOCOL`); rows of an earlier protocol live under
@@ -9,18 +18,21 @@ older rows there, unchanged; rows of an earlier protocol are never published.
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pandas as pd
 
-from .io import atomic_write_bytes, atomic_write_text
-from .leaderboard_aggregate import build_rows, recompute_gap_closed, sort_rows
-from .leaderboard_render import render_markdown, render_plot
 from .errors import UsageError
-from .leaderboard_schema import (FLOAT_DECIMALS, METRICS, README_TEXT, conform, float_columns, structures_of,
-                                 track_rows, tracks)
+from .io import atomic_write_bytes, atomic_write_text
+from .leaderboard_aggregate import (VOLUME_COLUMNS, build_rows, recompute_gap_closed, sort_rows, sort_volumes,
+                                    volume_rows)
+from .leaderboard_render import render_markdown
+from .leaderboard_schema import (FLOAT_DECIMALS, METRICS, README_TEXT, conform, float_columns, normalize_shots,
+                                 structures_of, track_rows, tracks)
+from .leaderboard_stats import add_statistics, rank_samples, row_key
 from .protocol import PROTOCOL
 
 ARCHIVE = "archive"
@@ -46,9 +58,12 @@ def _by_protocol(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
 
 
 def _csv_text(df: pd.DataFrame) -> str:
+    """A table's CSV: floats rounded to :data:`FLOAT_DECIMALS` decimals, p-values to 4 significant digits."""
     out = df.copy()
     for col in float_columns(structures_of(df)):
-        out[col] = out[col].astype("float64").round(FLOAT_DECIMALS)
+        values = out[col].astype("float64")
+        out[col] = (values.map(lambda v: float(f"{v:.4g}")) if col.endswith("_p_holm")
+                    else values.round(FLOAT_DECIMALS))
     return out.to_csv(index=False, na_rep="", lineterminator="\n")
 
 
@@ -59,30 +74,64 @@ def read_leaderboard(path: str | os.PathLike[str]) -> pd.DataFrame:
     return conform(raw, structures_of(raw))
 
 
-def _write_track(df: pd.DataFrame, root: Path, dataset: str, direction: str, protocol: str = PROTOCOL) -> Path:
+VOLUMES_SUFFIX = ".volumes.csv"
+
+
+def _volumes_path(csv_path: Path) -> Path:
+    return csv_path.with_name(csv_path.stem + VOLUMES_SUFFIX)
+
+
+def read_volumes(csv_path: str | os.PathLike[str]) -> pd.DataFrame:
+    """The per-volume table beside a board (empty when there is none, e.g. a board of an earlier protocol)."""
+    path = _volumes_path(Path(csv_path))
+    if not path.exists():
+        return pd.DataFrame(columns=VOLUME_COLUMNS)
+    raw = pd.read_csv(path, dtype={c: str for c in ("method", "shots", "selection", "preset", "dataset_version",
+                                                    "method_version", "case", "structure", "trial_id", "commit")},
+                      keep_default_na=False)
+    raw["shots"] = [normalize_shots(v) for v in raw["shots"]]
+    return raw[VOLUME_COLUMNS]
+
+
+def _write_track(df: pd.DataFrame, root: Path, dataset: str, direction: str, protocol: str = PROTOCOL,
+                 volumes: pd.DataFrame | None = None) -> Path:
+    """Write one track's files; with ``volumes`` the statistics are computed and the per-volume table written."""
+    from .leaderboard_figures import render_board, render_rank_stability
+
     csv_path = _csv_path(root, dataset, direction, protocol)
+    title = f"{dataset} / {direction}" + ("" if protocol == PROTOCOL else f" ({protocol})")
+    samples = {}
+    if volumes is not None:
+        volumes = sort_volumes(volumes)
+        df = add_statistics(df, volumes)
+        samples = rank_samples(df, volumes)
+        atomic_write_text(_volumes_path(csv_path), volumes.to_csv(index=False, lineterminator="\n"))
     atomic_write_text(csv_path, _csv_text(df))
     atomic_write_text(csv_path.with_suffix(".md"), render_markdown(df))
-    title = f"{dataset} / {direction}" + ("" if protocol == PROTOCOL else f" ({protocol})")
-    atomic_write_bytes(csv_path.with_suffix(".png"), render_plot(df, title))
+    atomic_write_bytes(csv_path.with_suffix(".png"), render_board(df, title, fmt="png"))
+    atomic_write_bytes(csv_path.with_suffix(".svg"), render_board(df, title, fmt="svg"))
+    ranks_path = csv_path.with_name(csv_path.stem + ".ranks.png")
+    if samples:
+        group, by_name = max(samples.items(), key=lambda kv: (normalize_shots(kv[0][0]) if isinstance(
+            normalize_shots(kv[0][0]), int) else 10 ** 9, len(kv[1])))
+        atomic_write_bytes(ranks_path, render_rank_stability(
+            by_name, title=f"{title}: rank stability, {group[0]} shots, preset {group[2]}", fmt="png"))
     return csv_path
 
 
 def write_leaderboards(records: list[dict], out_dir: str | os.PathLike[str]) -> list[Path]:
-    """Write ``out_dir/<dataset>/<direction>.{csv,md,png}`` for every track in ``records`` (overwriting); rows of
-    an earlier protocol go to that track's archive. Returns the CSV paths, sorted by track."""
+    """Write the files of every track in ``records`` under ``out_dir/<dataset>/`` (overwriting); rows of an earlier
+    protocol go to that track's archive. Returns the CSV paths, sorted by track."""
     by_track: dict[tuple[str, str], list[dict]] = {}
     for rec in records:
         by_track.setdefault((rec["config"]["dataset"], rec["config"]["direction"]), []).append(rec)
     paths = []
     for (dataset, direction), recs in sorted(by_track.items()):
+        volumes = volume_rows(recs)
         for protocol, rows in _by_protocol(build_rows(recs)).items():
-            paths.append(_write_track(rows, Path(out_dir), dataset, direction, protocol))
+            v = volumes.get((dataset, direction, protocol), pd.DataFrame(columns=VOLUME_COLUMNS))
+            paths.append(_write_track(rows, Path(out_dir), dataset, direction, protocol, v))
     return paths
-
-
-def _row_key(row: pd.Series) -> tuple:
-    return (row["method"], row["shots"], row["selection"], row["preset"])
 
 
 def _structures_with_data(df: pd.DataFrame, structures: Sequence[str]) -> list[str]:
@@ -92,19 +141,15 @@ def _structures_with_data(df: pd.DataFrame, structures: Sequence[str]) -> list[s
 def _merge_track(incoming: pd.DataFrame, existing: pd.DataFrame | None) -> pd.DataFrame:
     """The rows of one track's board with ``incoming`` merged in, sorted, ``gap_closed`` recomputed.
 
-    An incoming row replaces the row with the same (method, shots, selection, preset), and the last of several
-    incoming rows with one key wins. Structures keep the file's order; the incoming rows' structures with any
-    value join after them.
+    An incoming row replaces the row with the same key (:func:`benchmark.leaderboard_stats.row_key`). Structures
+    keep the file's order; the incoming rows' structures with any value join after them.
     """
-    keys = [_row_key(r) for _, r in incoming.iterrows()]
-    last = {k: i for i, k in enumerate(keys)}
-    incoming = incoming.iloc[sorted(last.values())].reset_index(drop=True)
-
+    keys = {row_key(r) for _, r in incoming.iterrows()}
     existing_structures: list[str] = []
     frames = []
     if existing is not None and not existing.empty:
         existing_structures = structures_of(existing)
-        keep = [i for i, (_, r) in enumerate(existing.iterrows()) if _row_key(r) not in last]
+        keep = [i for i, (_, r) in enumerate(existing.iterrows()) if row_key(r) not in keys]
         if keep:
             frames.append(existing.iloc[keep])
     incoming_structures = _structures_with_data(incoming, structures_of(incoming))
@@ -117,16 +162,58 @@ def _merge_track(incoming: pd.DataFrame, existing: pd.DataFrame | None) -> pd.Da
     return sort_rows(recompute_gap_closed(conform(merged, structures)))
 
 
-def publish(rows: pd.DataFrame, leaderboards_dir: str | os.PathLike[str]) -> list[Path]:
-    """Merge ``rows`` into ``leaderboards_dir/<dataset>/<direction>.csv``.
+def _merge_volumes(incoming: pd.DataFrame, existing: pd.DataFrame) -> pd.DataFrame:
+    keys = {row_key(r) for _, r in incoming.iterrows()}
+    kept = existing[[row_key(r) not in keys for _, r in existing.iterrows()]] if not existing.empty else existing
+    frames = [f for f in (kept, incoming) if not f.empty]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=VOLUME_COLUMNS)
 
-    Rows are identified within a track by (method, shots, selection, preset): an incoming row replaces an existing
-    one with the same key; other rows are kept. Existing rows of an earlier protocol move to the track's archive;
-    incoming rows of an earlier protocol are refused (:class:`UsageError`). ``gap_closed`` is recomputed for the
-    whole file, the ``.md`` and ``.png`` are regenerated, and ``leaderboards_dir/README.md`` is rewritten.
-    Returns the CSV paths written, sorted by track.
+
+def _describe(row: pd.Series) -> str:
+    return (f"{row['dataset']}/{row['direction']} {row['method']} {row['shots']}-shot, preset {row['preset']}, "
+            f"version {row['method_version']}")
+
+
+def _seeds(row: pd.Series) -> str:
+    dice = "no Dice" if math.isnan(row["dice_mean"]) else f"Dice {row['dice_mean']:.4f}"
+    return f"{int(row['seeds_done'])} seed{'s' if int(row['seeds_done']) != 1 else ''}, {dice}, commit {row['commit']}"
+
+
+def publish_plan(rows: pd.DataFrame, root: Path) -> tuple[list[str], list[str]]:
+    """What publishing ``rows`` into ``root`` would do, one line per row, and the refusals (without overrides)."""
+    changes, refusals = [], []
+    for dataset, direction in tracks(rows) if not rows.empty else []:
+        board = _csv_path(root, dataset, direction)
+        existing = read_leaderboard(board) if board.exists() else None
+        current = {} if existing is None else {row_key(r): r for _, r in existing.iterrows()
+                                               if r["protocol"] == PROTOCOL}
+        for _, new in track_rows(rows, dataset, direction).iterrows():
+            old = current.get(row_key(new))
+            if old is None:
+                changes.append(f"add {_describe(new)} ({_seeds(new)})")
+                continue
+            changes.append(f"replace {_describe(new)}: {_seeds(old)} -> {_seeds(new)}")
+            if int(new["seeds_done"]) < int(old["seeds_done"]):
+                refusals.append(f"replace: {_describe(new)} has {int(old['seeds_done'])} seeds published and "
+                                f"{int(new['seeds_done'])} in this run")
+    return changes, refusals
+
+
+def publish(rows: pd.DataFrame, leaderboards_dir: str | os.PathLike[str], *,
+            volumes: dict[tuple[str, str, str], pd.DataFrame] | None = None, replace: bool = False,
+            allow_dirty: bool = False, dry_run: bool = False, log: Callable[[str], None] | None = None) -> list[Path]:
+    """Merge ``rows`` (and their per-volume tables ``volumes``, by (dataset, direction, protocol)) into the boards
+    under ``leaderboards_dir``.
+
+    An incoming row replaces the existing row with the same key; other rows are kept. Every addition and
+    replacement is reported through ``log``. Nothing is written, and a :class:`UsageError` names the rows, when a
+    row would replace one with more seeds (unless ``replace``), when a row's trials ran from a tree with
+    uncommitted changes (unless ``allow_dirty``), or when a row was scored under an earlier protocol. Existing
+    rows of an earlier protocol move to the track's archive, unchanged. The statistics, ``gap_closed``, the
+    Markdown, the figures and ``leaderboards_dir/README.md`` are regenerated. Returns the paths written.
     """
     root = Path(leaderboards_dir)
+    log = log or (lambda line: None)
     old = rows[rows["protocol"] != PROTOCOL] if not rows.empty else rows
     if not old.empty:
         named = ", ".join(sorted({f"{r.dataset}/{r.direction} {r.method} {r.shots}-shot ({r.protocol})"
@@ -134,18 +221,51 @@ def publish(rows: pd.DataFrame, leaderboards_dir: str | os.PathLike[str]) -> lis
         raise UsageError(f"Rows scored under an earlier protocol cannot be published, since the boards hold "
                          f"{PROTOCOL} rows and one table never mixes protocols: {named}. Run these trials again "
                          f"with this version of the suite.")
+    changes, refusals = publish_plan(rows, root)
+    for line in changes:
+        log(("would " if dry_run else "") + line)
+    dirty = sorted({_describe(r) + f" (commit {r['commit']})" for _, r in rows.iterrows() if "dirty" in r["commit"]})
+    problems = [] if replace else refusals
+    if dirty and not allow_dirty:
+        problems += [f"dirty: {d}" for d in dirty]
+    if problems:
+        raise UsageError(f"Publishing refused, nothing was written: {'; '.join(problems)}. A row is replaced by one "
+                         f"with fewer seeds only with --replace, and rows whose trials ran from a tree with "
+                         f"uncommitted changes (their commit cannot be re-run) are published only with --allow-dirty.")
+    if dry_run:
+        return []
     paths = []
     for dataset, direction in (tracks(rows) if not rows.empty else []):
         board = _csv_path(root, dataset, direction)
         existing = read_leaderboard(board) if board.exists() else None
+        existing_volumes = read_volumes(board)
         if existing is not None:
-            for protocol, past in _by_protocol(existing).items():
-                if protocol != PROTOCOL:
-                    archive = _csv_path(root, dataset, direction, protocol)
-                    kept = read_leaderboard(archive) if archive.exists() else None
-                    paths.append(_write_track(_merge_track(past, kept), root, dataset, direction, protocol))
+            paths += _archive_past(existing, root, dataset, direction, board)
             existing = existing[existing["protocol"] == PROTOCOL].reset_index(drop=True)
-        merged = _merge_track(track_rows(rows, dataset, direction), existing)
-        paths.append(_write_track(merged, root, dataset, direction))
+        incoming = track_rows(rows, dataset, direction)
+        new_volumes = (volumes or {}).get((dataset, direction, PROTOCOL), pd.DataFrame(columns=VOLUME_COLUMNS))
+        merged = _merge_track(incoming, existing)
+        paths.append(_write_track(merged, root, dataset, direction, volumes=_merge_volumes(new_volumes,
+                                                                                            existing_volumes)))
     atomic_write_text(root / "README.md", README_TEXT)
     return paths
+
+
+def _archive_past(existing: pd.DataFrame, root: Path, dataset: str, direction: str, board: Path) -> list[Path]:
+    """Move a board's rows of earlier protocols to the archive: the files themselves when the board holds only
+    such rows and the archive has none yet (byte for byte), else merged into the archive's table."""
+    written = []
+    for protocol, past in _by_protocol(existing).items():
+        if protocol == PROTOCOL:
+            continue
+        archive = _csv_path(root, dataset, direction, protocol)
+        if len(past) == len(existing) and not archive.exists():
+            archive.parent.mkdir(parents=True, exist_ok=True)
+            for suffix in (".csv", ".md", ".png"):
+                if board.with_suffix(suffix).exists():
+                    os.replace(board.with_suffix(suffix), archive.with_suffix(suffix))
+            written.append(archive)
+            continue
+        kept = read_leaderboard(archive) if archive.exists() else None
+        written.append(_write_track(_merge_track(past, kept), root, dataset, direction, protocol))
+    return written

@@ -1,16 +1,16 @@
-"""Renderings of leaderboard rows: a text table for the terminal, Markdown, and a PNG plot of Dice against shots."""
+"""Renderings of leaderboard rows as text: a table for the terminal, Markdown, and a LaTeX (booktabs) table.
+
+The figures are drawn by :mod:`benchmark.leaderboard_figures`.
+"""
 
 from __future__ import annotations
 
 import math
-from io import BytesIO
 
 import pandas as pd
 
-from .leaderboard_schema import (ORACLE, SOURCE_ONLY, method_sort_key, shots_sort_key, structures_of, track_rows,
-                                 tracks)
+from .leaderboard_schema import ORACLE, method_sort_key, structures_of, track_rows, tracks
 
-PLOT_DPI = 100
 
 
 def _fmt(value: float, digits: int) -> str:
@@ -85,14 +85,44 @@ def _provenance_values(df: pd.DataFrame, col: str) -> str:
     return ", ".join(sorted(values)) or "n/a"
 
 
+def _fmt_ci(row: pd.Series, metric: str, digits: int) -> str:
+    """``mean ± std [low, high]`` of a metric: the std over seeds and the 95% interval where computed."""
+    text = _fmt_pm(row[f"{metric}_mean"], row[f"{metric}_std"], digits)
+    low, high = (_fmt(row[f"{metric}_ci_{b}"], digits) for b in ("low", "high"))
+    return f"{text} [{low}, {high}]" if text and low and high else text
+
+
+def _rank_cell(row: pd.Series) -> str:
+    if math.isnan(float(row["rank"])):
+        return ""
+    low, high = int(row["rank_low"]), int(row["rank_high"])
+    return f"{int(row['rank'])} ({low}-{high})" if low != high else f"{int(row['rank'])}"
+
+
+def _comparison_cell(row: pd.Series) -> str:
+    diff = float(row["vs_source_only_dice"])
+    if math.isnan(diff):
+        return ""
+    p = float(row["vs_source_only_p_holm"])
+    return (f"{diff:+.3f} [{row['vs_source_only_ci_low']:+.3f}, {row['vs_source_only_ci_high']:+.3f}], "
+            f"p={p:.2g}")
+
+
 _MARKDOWN_NOTES = [
     "",
     "Notes:",
     "",
     "- `selection=last` means the final weights after a fixed training budget "
     "are evaluated (no model selection on target labels).",
-    "- Values are mean ± sample std (ddof=1) over seeds; the std is omitted "
+    "- Metrics are the mean over seeds and test volumes ± the sample std "
+    "(ddof=1) over seeds, with the 95% confidence interval of a hierarchical "
+    "bootstrap (seeds, then test volumes) in brackets; the std is omitted "
     "when fewer than two seeds completed.",
+    "- `rank` is the rank by mean Dice among the rows of the same shots, "
+    "selection and preset, with its bootstrap 95% interval in parentheses.",
+    "- `vs source_only`: the paired Dice difference with `source_only` over "
+    "(seed, test volume), its bootstrap 95% interval, and the Wilcoxon "
+    "signed-rank p-value, Holm-corrected over the table's comparisons.",
     "- `seeds` counts completed seeds; failed seeds are shown in parentheses. "
     "A row whose seeds all failed has no metrics (`-`).",
     "- `gap closed` = (Dice - Dice[source_only]) / (Dice[oracle] - Dice[source_only]) "
@@ -118,83 +148,75 @@ def render_markdown(df: pd.DataFrame) -> str:
     )
     lines.append("")
     structures = structures_of(df)
-    header = ["method", "shots", "selection", "preset", "seeds", "Dice",
-              "ASSD (mm)", "HD95 (mm)", "gap closed"] + [f"Dice {s}" for s in structures]
+    header = ["method", "shots", "selection", "preset", "seeds", "Dice ± std [95% CI]", "ASSD mm ± std [95% CI]",
+              "HD95 mm ± std [95% CI]", "rank", "vs source_only", "gap closed"] + [f"Dice {s}" for s in structures]
     lines.append("| " + " | ".join(_md_escape(h) for h in header) + " |")
     lines.append("|" + "|".join(["---"] * 5 + ["---:"] * (len(header) - 5)) + "|")
     for _, r in df.iterrows():
         cells = [
-            r["method"], str(r["shots"]), r["selection"], r["preset"],
-            _seeds_cell(r),
-            _fmt_pm(r["dice_mean"], r["dice_std"], 3),
-            _fmt_pm(r["assd_mm_mean"], r["assd_mm_std"], 2),
-            _fmt_pm(r["hd95_mm_mean"], r["hd95_mm_std"], 2),
-            _fmt(r["gap_closed"], 3),
+            r["method"], str(r["shots"]), r["selection"], r["preset"], _seeds_cell(r),
+            _fmt_ci(r, "dice", 3), _fmt_ci(r, "assd_mm", 2), _fmt_ci(r, "hd95_mm", 2), _rank_cell(r),
+            _comparison_cell(r), _fmt(r["gap_closed"], 3),
         ] + [_fmt(r[f"dice_{s}"], 3) for s in structures]
         lines.append("| " + " | ".join(_md_escape(c) or "-" for c in cells) + " |")
     return "\n".join(lines + _MARKDOWN_NOTES)
 
 
-def _plot_panel(ax, sub: pd.DataFrame, colours: dict[str, str]) -> int:
-    """Draw one (preset, selection) panel: a line of mean Dice ± std per method; returns the lines drawn."""
-    shots = sorted(set(sub["shots"]), key=shots_sort_key)
-    pos = {s: i for i, s in enumerate(shots)}
-    plotted = 0
-    for method in sorted(set(sub["method"]), key=method_sort_key):
-        m = sub[(sub["method"] == method).to_numpy()]
-        pts = sorted(((pos[s], mu, sd) for s, mu, sd in zip(m["shots"], m["dice_mean"], m["dice_std"])),
-                     key=lambda t: t[0])
-        pts = [p for p in pts if not math.isnan(p[1])]
-        if not pts:
-            continue
-        x = [p[0] for p in pts]
-        y = [p[1] for p in pts]
-        err = [0.0 if math.isnan(p[2]) else p[2] for p in pts]
-        style = "--" if method_sort_key(method)[1] in (SOURCE_ONLY, ORACLE) else "-"
-        ax.errorbar(x, y, yerr=err, marker="o", markersize=4, linewidth=1.4,
-                    linestyle=style, capsize=3, label=method, color=colours[method])
-        plotted += 1
-    ax.set_xticks(range(len(shots)))
-    ax.set_xticklabels([str(s) for s in shots])
-    if shots:
-        ax.set_xlim(-0.5, len(shots) - 0.5)
-    return plotted
+def _tex(text: str) -> str:
+    for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("&", r"\&"), ("%", r"\%"), ("#", r"\#"),
+                 ("$", r"\$"), ("{", r"\{"), ("}", r"\}"), ("~", r"\textasciitilde{}"), ("^", r"\^{}")):
+        text = text.replace(a, b)
+    return text
 
 
-def render_plot(df: pd.DataFrame, title: str | None = None) -> bytes:
-    """PNG bytes: mean Dice (± std) against shots, one line per method and one
-    panel per (preset, selection)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+#: The LaTeX table's metric columns: (metric, heading, digits, higher is better).
+_LATEX_METRICS = (("dice", "Dice $\\uparrow$", 3, True), ("assd_mm", "ASSD (mm) $\\downarrow$", 2, False),
+                  ("hd95_mm", "HD95 (mm) $\\downarrow$", 2, False))
 
-    if title is None:
-        title = ", ".join(f"{a} / {b}" for a, b in tracks(df))
-    panels = sorted(set(zip(df["preset"], df["selection"])))
-    n = max(1, len(panels))
-    fig = Figure(figsize=(4.8 * n, 3.6), dpi=PLOT_DPI, layout="constrained")
-    FigureCanvasAgg(fig)  # Agg backend, independent of any global pyplot state
-    axes = fig.subplots(1, n, squeeze=False)[0]
-    # One colour per method, shared by all panels.
-    all_methods = sorted(set(df["method"]), key=method_sort_key)
-    colours = {m: f"C{i % 10}" for i, m in enumerate(all_methods)}
-    if not panels:
-        axes[0].text(0.5, 0.5, "no results", ha="center", va="center",
-                     transform=axes[0].transAxes)
-        axes[0].set_axis_off()
-    for ax, (preset, selection) in zip(axes, panels):
-        sub = df[((df["preset"] == preset) & (df["selection"] == selection)).to_numpy()]
-        plotted = _plot_panel(ax, sub, colours)
-        ax.set_ylim(0.0, 1.0)
-        ax.set_xlabel("shots (labeled volumes)")
-        ax.set_ylabel("Dice (mean ± std over seeds)")
-        ax.set_title(f"preset={preset}, selection={selection}", fontsize=9)
-        ax.grid(alpha=0.3)
-        if plotted:
-            ax.legend(fontsize=7, loc="best")
-        else:
-            ax.text(0.5, 0.5, "no completed seeds", ha="center", va="center",
-                    transform=ax.transAxes)
-    fig.suptitle(title)
-    buf = BytesIO()
-    fig.savefig(buf, format="png", dpi=PLOT_DPI, metadata={"Software": None})
-    return buf.getvalue()
+
+def _best(sub: pd.DataFrame, metric: str, higher: bool) -> set[int]:
+    """Row positions of the best mean among the rows that do not use target labels (``oracle`` is a reference)."""
+    values = [(i, float(v)) for i, (v, m) in enumerate(zip(sub[f"{metric}_mean"], sub["method"]))
+              if not math.isnan(float(v)) and method_sort_key(m)[1] != ORACLE]
+    if not values:
+        return set()
+    target = (max if higher else min)(v for _, v in values)
+    return {i for i, v in values if round(v, 6) == round(target, 6)}
+
+
+def _latex_cell(row: pd.Series, metric: str, digits: int, bold: bool) -> str:
+    mean = _fmt(row[f"{metric}_mean"], digits)
+    if not mean:
+        return "--"
+    mean = f"\\textbf{{{mean}}}" if bold else mean
+    low, high = (_fmt(row[f"{metric}_ci_{b}"], digits) for b in ("low", "high"))
+    return f"{mean} {{\\scriptsize [{low}, {high}]}}" if low and high else mean
+
+
+def format_latex(df: pd.DataFrame) -> str:
+    """A booktabs table per track: mean [95% CI] of each metric, the best per column and shot count in bold
+    (``oracle`` excluded, it uses target labels), and the paired Dice difference with ``source_only``."""
+    out = []
+    for dataset, direction in tracks(df) if not df.empty else []:
+        sub = track_rows(df, dataset, direction)
+        lines = [f"% {dataset} / {direction}; protocol {_provenance_values(sub, 'protocol')}; needs booktabs",
+                 "\\begin{tabular}{llrrrr}", "\\toprule",
+                 "Method & Shots & " + " & ".join(h for _, h, _, _ in _LATEX_METRICS)
+                 + " & $\\Delta$Dice vs.\\ source-only \\\\", "\\midrule"]
+        groups = list(dict.fromkeys(zip(sub["shots"], sub["preset"], sub["selection"])))
+        for g, group in enumerate(groups):
+            rows = sub[[k == group for k in zip(sub["shots"], sub["preset"], sub["selection"])]].reset_index(drop=True)
+            best = {m: _best(rows, m, higher) for m, _, _, higher in _LATEX_METRICS}
+            for i, r in rows.iterrows():
+                cells = [_tex(str(r["method"])), str(r["shots"])]
+                cells += [_latex_cell(r, m, d, i in best[m]) for m, _, d, _ in _LATEX_METRICS]
+                diff = float(r["vs_source_only_dice"])
+                cells.append("--" if math.isnan(diff) else
+                             f"{diff:+.3f} {{\\scriptsize [{r['vs_source_only_ci_low']:+.3f}, "
+                             f"{r['vs_source_only_ci_high']:+.3f}], $p$={float(r['vs_source_only_p_holm']):.2g}}}")
+                lines.append(" & ".join(cells) + " \\\\")
+            if g < len(groups) - 1:
+                lines.append("\\midrule")
+        lines += ["\\bottomrule", "\\end{tabular}"]
+        out.append("\n".join(lines))
+    return "\n\n".join(out) or "% no rows"

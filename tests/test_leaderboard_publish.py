@@ -1,0 +1,184 @@
+"""Row identity and safe publishing, the per-volume table, the statistics columns, compare and the LaTeX export."""
+
+from __future__ import annotations
+
+import re
+import zlib
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as sps
+
+from benchmark import leaderboard as lb
+from benchmark.cli import main
+from benchmark.errors import UsageError
+from benchmark.presets import get_preset
+from benchmark.protocol import PROTOCOL
+
+STRUCTS = ("MYO", "LAC", "LVC", "AA")
+CASES = [f"ct_{i:03d}" for i in range(6)]
+
+
+def record(method: str, seed: int, level: float, *, steps: int | None = None, commit: str = "c0ffee",
+           shots: int = 1) -> dict:
+    """A finished trial whose per-volume Dice is ``level`` plus a fixed pattern over cases and structures."""
+    rng = np.random.default_rng(zlib.crc32(f"{method}/{seed}/{level}".encode()))
+    volumes = []
+    for i, case in enumerate(CASES):
+        metrics = {s: {"dice": float(np.clip(level + 0.02 * i + 0.01 * seed + rng.normal(0, 0.01), 0, 1)),
+                       "assd_mm": float(5 - 3 * level + 0.1 * i), "hd95_mm": float(12 - 5 * level + 0.3 * i)}
+                   for s in STRUCTS}
+        volumes.append({"case": case, "metrics": metrics})
+    summary = {m: {s: float(np.mean([v["metrics"][s][m] for v in volumes])) for s in STRUCTS}
+               for m in ("dice", "assd_mm", "hd95_mm")}
+    for m in summary:
+        summary[m]["mean"] = float(np.mean([summary[m][s] for s in STRUCTS]))
+    settings = get_preset("quick", steps=steps)
+    config = {"dataset": "synthetic-heart", "direction": "mr2ct", "method": method, "shots": shots, "seed": seed,
+              "preset": "quick", "preset_settings": settings, "hparam_sample": 0, "hparams": {}, "selection": "last",
+              "protocol": PROTOCOL, "dataset_version": "2", "method_version": "1"}
+    return {"trial_id": f"{method}-{seed}-{steps}", "status": "ok", "config": config, "summary": summary,
+            "structures": list(STRUCTS), "volumes": volumes, "commit": commit}
+
+
+def publish(records, root, **kw):
+    return lb.publish(lb.build_rows(records), root, volumes=lb.volume_rows(records), **kw)
+
+
+@pytest.fixture
+def board(tmp_path):
+    """A published board: source_only, metahallu and oracle at 1 shot, 3 seeds each."""
+    records = [record(m, s, level) for m, level in (("source_only", 0.3), ("metahallu", 0.45), ("oracle", 0.8))
+               for s in range(3)]
+    publish(records, tmp_path / "boards")
+    return tmp_path / "boards" / "synthetic-heart" / "mr2ct.csv"
+
+
+def test_a_short_run_is_a_row_of_its_own_and_leaves_every_published_number(board, tmp_path):
+    before = board.read_text().splitlines()
+    before_volumes = board.with_name("mr2ct.volumes.csv").read_text()
+    lines = []
+    publish([record("metahallu", 0, 0.05, steps=20)], board.parent.parent, log=lines.append)
+    after = board.read_text().splitlines()
+    assert set(before) <= set(after) and len(after) == len(before) + 1  # every old line, byte for byte
+    new = lb.read_leaderboard(board)
+    short = new[new["preset"] == "quick[steps=20]"]
+    assert list(short["method"]) == ["metahallu"] and list(short["seeds_done"]) == [1]
+    assert len(lines) == 1 and re.fullmatch(r"add synthetic-heart/mr2ct metahallu 1-shot, preset quick\[steps=20\], "
+                                            r"version 1 \(1 seed, Dice 0\.\d{4}, commit c0ffee\)", lines[0])
+    assert board.with_name("mr2ct.volumes.csv").read_text().startswith(before_volumes.splitlines()[0])
+
+
+def test_replacing_a_row_by_fewer_seeds_needs_replace(board):
+    before = board.read_text()
+    with pytest.raises(UsageError, match=r"metahallu 1-shot, preset quick, version 1 has 3 seeds published and 1 "
+                                         r"in this run.*--replace"):
+        publish([record("metahallu", 0, 0.05)], board.parent.parent)
+    assert board.read_text() == before  # nothing written
+    lines = []
+    publish([record("metahallu", 0, 0.05)], board.parent.parent, replace=True, log=lines.append)
+    row = lb.read_leaderboard(board).set_index("method").loc["metahallu"]
+    assert row["seeds_done"] == 1 and lines[0].startswith("replace synthetic-heart/mr2ct metahallu 1-shot")
+    assert re.search(r": 3 seeds, Dice 0\.5\d{3}, commit c0ffee -> 1 seed, Dice 0\.\d{4}, commit c0ffee$", lines[0])
+
+
+def test_rows_from_uncommitted_code_need_allow_dirty(board):
+    before = board.read_text()
+    dirty = [record("advent", s, 0.4, commit="c0ffee-dirty") for s in range(3)]
+    with pytest.raises(UsageError, match=r"dirty: synthetic-heart/mr2ct advent 1-shot.*--allow-dirty"):
+        publish(dirty, board.parent.parent)
+    assert board.read_text() == before
+    publish(dirty, board.parent.parent, allow_dirty=True)
+    assert "advent" in set(lb.read_leaderboard(board)["method"])
+
+
+def test_dry_run_writes_nothing(board):
+    before = board.read_text()
+    lines = []
+    assert publish([record("advent", 0, 0.4)], board.parent.parent, dry_run=True, log=lines.append) == []
+    assert board.read_text() == before and lines[0].startswith("would add synthetic-heart/mr2ct advent")
+
+
+def test_statistics_columns_come_from_the_per_volume_table(board):
+    rows = lb.read_leaderboard(board).set_index("method")
+    volumes = lb.read_volumes(board)
+    assert len(volumes) == 9 * len(CASES) * len(STRUCTS)
+    mh = rows.loc["metahallu"]
+    assert mh["dice_ci_low"] < mh["dice_mean"] < mh["dice_ci_high"]
+    assert mh["dice_ci_low_MYO"] < mh["dice_MYO"] < mh["dice_ci_high_MYO"]
+    assert (rows.loc["oracle", "rank"], mh["rank"], rows.loc["source_only", "rank"]) == (1, 2, 3)
+    # the paired comparison with source_only: the mean per-volume difference and scipy's Wilcoxon p-value,
+    # Holm-corrected over the two comparisons of the table (metahallu and oracle)
+    def per_volume(method):
+        v = volumes[volumes["method"] == method]
+        return v.groupby(["seed", "case"])["dice"].mean().sort_index().to_numpy()
+    diffs = {m: per_volume(m) - per_volume("source_only") for m in ("metahallu", "oracle")}
+    assert mh["vs_source_only_dice"] == pytest.approx(diffs["metahallu"].mean(), abs=1e-4)
+    raw = {m: sps.wilcoxon(per_volume(m), per_volume("source_only")).pvalue for m in diffs}
+    (first, p1), (second, p2) = sorted(raw.items(), key=lambda kv: kv[1])
+    expected = {first: min(1.0, 2 * p1), second: min(1.0, max(2 * p1, p2))}  # Holm with two comparisons
+    for m in diffs:
+        assert rows.loc[m, "vs_source_only_p_holm"] == pytest.approx(expected[m], rel=1e-3)
+    assert np.isnan(rows.loc["source_only", "vs_source_only_dice"])
+
+
+def test_republishing_the_same_run_changes_no_byte(board, tmp_path):
+    records = [record(m, s, level) for m, level in (("source_only", 0.3), ("metahallu", 0.45), ("oracle", 0.8))
+               for s in range(3)]
+    before = {p.name: p.read_bytes() for p in board.parent.iterdir() if p.suffix in (".csv", ".md", ".svg")}
+    publish(records, board.parent.parent)
+    after = {p.name: p.read_bytes() for p in board.parent.iterdir() if p.suffix in (".csv", ".md", ".svg")}
+    assert after == before
+
+
+def test_latex_export_bolds_the_best_non_oracle_row_and_escapes_names(board):
+    tex = lb.format_latex(lb.read_leaderboard(board))
+    assert "\\toprule" in tex and "\\bottomrule" in tex and "source\\_only" in tex
+    metahallu = next(line for line in tex.splitlines() if line.startswith("metahallu"))
+    oracle = next(line for line in tex.splitlines() if line.startswith("oracle"))
+    assert metahallu.count("\\textbf") == 3 and "\\textbf" not in oracle  # best Dice, ASSD and HD95
+    assert "{\\scriptsize [" in metahallu
+
+
+def test_compare_prints_every_pair_with_holm(board, capsys):
+    assert main(["compare", str(board.parent.parent), "--track", "synthetic-heart/mr2ct"]) == 0
+    out = capsys.readouterr().out
+    assert "Holm-corrected over the 3 comparisons" in out
+    table = [line.split() for line in out.splitlines()[2:]]
+    assert {(t[3], t[4]) for t in table} == {("source_only", "metahallu"), ("source_only", "oracle"),
+                                            ("metahallu", "oracle")}
+    assert main(["compare", str(board.parent.parent), "--track", "synthetic-heart/mr2ct", "--baseline",
+                 "nope"]) == 2
+    assert "has no row 'nope'" in capsys.readouterr().err
+
+
+def test_rows_differing_only_in_a_preset_override_are_distinct():
+    a, b = record("metahallu", 0, 0.4), record("metahallu", 0, 0.4, steps=20)
+    assert lb.preset_label(a["config"]) == "quick" and lb.preset_label(b["config"]) == "quick[steps=20]"
+    rows = lb.build_rows([a, b])
+    assert sorted(rows["preset"]) == ["quick", "quick[steps=20]"]
+    assert isinstance(rows, pd.DataFrame)
+
+
+def test_a_short_run_published_into_a_copy_of_the_repository_boards_changes_no_published_number(tmp_path):
+    import shutil
+
+    from benchmark.registry import REPO_ROOT
+
+    copy = shutil.copytree(REPO_ROOT / "leaderboards", tmp_path / "leaderboards")
+    boards = {p: p.read_text() for p in copy.glob("*/*.csv") if not p.name.endswith(".volumes.csv")}
+    assert boards, "the repository publishes boards"
+    publish([record("metahallu", 0, 0.05, steps=20)], copy)
+    for path, text in boards.items():
+        if path.exists() and path.read_text() == text:
+            continue  # a track the run did not touch
+        if path.exists() and set(lb.read_leaderboard(path)["protocol"]) == {PROTOCOL}:
+            if set(pd.read_csv(pd.io.common.StringIO(text))["protocol"]) == {PROTOCOL}:
+                assert set(text.splitlines()) <= set(path.read_text().splitlines()), path  # byte for byte
+                continue
+        # a board of an earlier protocol moved, unchanged, to its archive
+        protocol = next(iter(set(pd.read_csv(pd.io.common.StringIO(text))["protocol"])))
+        assert (path.parent / "archive" / protocol / path.name).read_text() == text
+    short = lb.read_leaderboard(copy / "synthetic-heart" / "mr2ct.csv")
+    assert list(short[short["preset"] == "quick[steps=20]"]["method"]) == ["metahallu"]
