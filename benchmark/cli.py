@@ -354,5 +354,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("Interrupted; finished trials are recorded and a new run resumes the others.", file=sys.stderr)
+        from .runner import INTERRUPTED
+
+        print(INTERRUPTED, file=sys.stderr)
         return 130

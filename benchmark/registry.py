@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Generic, Iterator, TypeVar
 
-from .errors import BenchmarkError, UnknownNameError
+from .errors import BenchmarkError, UnknownNameError, UsageError
 
 T = TypeVar("T", bound=type)
 
@@ -329,7 +329,26 @@ def discover(kinds: tuple[str, ...] = KINDS) -> None:
                 _loaded.add(ep.value)
 
 
+def split_dataset_name(name: str, root: str | Path | None = None) -> tuple[str, str | Path | None]:
+    """``"nnunet:/data/Dataset219_AMOS"`` -> ``("nnunet", Path("/data/Dataset219_AMOS"))``: a dataset name may carry
+    its folder after a colon (made absolute, so worker processes find it too); ``root``, when also given, must be
+    the same folder. A name without a colon comes back with ``root`` unchanged."""
+    base, colon, path = name.partition(":")
+    if not colon:
+        return name, root
+    if not base or not path:
+        raise UsageError(f"Dataset {name!r} is not of the form NAME or NAME:PATH (e.g. nnunet:/data/Dataset219_AMOS).")
+    folder = Path(path).expanduser().resolve()
+    if root is not None and Path(root).expanduser().resolve() != folder:
+        raise UsageError(f"Dataset {name!r} names the folder {folder}, but --root names {root}; give the folder once.")
+    return base, folder
+
+
 def get_dataset(name: str, root: str | Path | None = None):
-    """The adapter of dataset ``name`` (or an alias) on the files under ``root``, after discovering datasets."""
+    """The adapter of dataset ``name`` (or an alias) on the files under ``root``, after discovering datasets.
+
+    ``name`` may also be ``NAME:PATH``, the dataset with its folder (see :func:`split_dataset_name`).
+    """
     discover(kinds=("datasets",))
+    name, root = split_dataset_name(name, root)
     return DATASETS.get(name)(root)

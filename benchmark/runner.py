@@ -268,6 +268,85 @@ def make_tuner(trainable: Callable[[dict[str, Any]], None], param_space: dict[st
     )
 
 
+#: After the first Ctrl-C, the run has this long to stop on its own before it is ended by force.
+INTERRUPT_GRACE_S = 20.0
+INTERRUPTED = "Interrupted; finished trials are recorded and a new run resumes the others."
+
+
+def _force_exit() -> None:
+    """End the process now with exit code 130, killing the local Ray processes first (no trial is recorded)."""
+    import sys
+
+    print(INTERRUPTED, file=sys.stderr, flush=True)
+    try:
+        import ray
+
+        node = ray._private.worker._global_node
+        if node is not None:
+            node.kill_all_processes(check_alive=False, allow_graceful=False)
+    except Exception:  # noqa: BLE001 - the process ends either way
+        pass
+    os._exit(130)
+
+
+@contextlib.contextmanager
+def bounded_interrupt(grace_s: float = INTERRUPT_GRACE_S) -> Iterator[None]:
+    """Ctrl-C raises KeyboardInterrupt as usual, and the process ends by force ``grace_s`` seconds later if it
+    has not stopped by then (exit code 130, the same message).
+
+    The interrupt normally unwinds Tune's loop and Ray's shutdown within seconds; on an overloaded machine both
+    have been seen to take minutes while trials keep training. The countdown starts from the signal itself (the
+    interpreter's wakeup file descriptor, written as the signal arrives) as well as from the Python handler, so a
+    main thread blocked in native code cannot delay it. Only the main thread can install either; elsewhere this
+    does nothing.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    timers: list[threading.Timer] = []
+    lock = threading.Lock()
+
+    def start_countdown() -> None:
+        with lock:
+            if not timers:
+                timers.append(threading.Timer(grace_s, _force_exit))
+                timers[0].daemon = True
+                timers[0].start()
+
+    def on_sigint(signum, frame):
+        start_countdown()
+        raise KeyboardInterrupt
+
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+
+    def watch() -> None:
+        while True:
+            data = os.read(read_fd, 64)
+            if not data:
+                return
+            if signal.SIGINT in data:
+                start_countdown()
+
+    watcher = threading.Thread(target=watch, name="fsuda-sigint-watch", daemon=True)
+    watcher.start()
+    previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        signal.set_wakeup_fd(previous_fd)
+        os.close(write_fd)  # ends the watcher
+        watcher.join(timeout=5)
+        os.close(read_fd)
+        for timer in timers:  # the run stopped in time
+            timer.cancel()
+
+
 @dataclass
 class RunSummary:
     total: int
@@ -310,7 +389,7 @@ def run_grid(specs: list[TrialSpec], out: Path, *, cpus_per_trial: float = 1, gp
     # a resumed trial's log already holds its earlier attempts; a verbose display shows only what comes now
     offsets = {s.trial_id: _size(store.trial_dir(s) / TRIAL_LOG) for s in todo}
     progress = ProgressCallback(display, store, log_offsets=offsets)
-    with ray_session(out, address=address, num_cpus=num_cpus, num_gpus=num_gpus):
+    with bounded_interrupt(), ray_session(out, address=address, num_cpus=num_cpus, num_gpus=num_gpus):
         display.begin(len(todo), skipped=len(specs) - len(todo))
         try:
             tuner = make_tuner(_tune_trainable, param_space, out, cpus_per_trial, gpus_per_trial,

@@ -248,3 +248,73 @@ def write_release(root, *, leak=("1003", "1007"), nifti_for=("1008",), shuffle=T
 def copy_tree(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst
+
+
+# -- nnU-Net v2 raw format, and AMOS in it -----------------------------------------------------------------------
+def write_dataset_json(root: Path, *, channels: dict, labels: dict, num_training: int, file_ending=".nii.gz",
+                       **extra) -> Path:
+    """nnU-Net v2's ``dataset.json`` with the keys its ``generate_dataset_json`` writes."""
+    import json
+
+    data = {"channel_names": {str(k): v for k, v in channels.items()}, "labels": dict(labels),
+            "numTraining": num_training, "file_ending": file_ending,
+            "licence": "Whoever converted this dataset was lazy and didn't look it up!", "converted_by": "tests",
+            **extra}
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "dataset.json").write_text(json.dumps(data, indent=4))
+    return root / "dataset.json"
+
+
+def write_nnunet_case(root: Path, case: str, *, channel: int, values, affine, shape=(14, 12, 10), seed=0,
+                      ending=".nii.gz") -> tuple[np.ndarray, np.ndarray]:
+    """``imagesTr/<case>_<channel:04d>`` (int16) and ``labelsTr/<case>`` (uint8); returns (image, raw label)."""
+    rng = np.random.default_rng(seed)
+    image, label = phantom(shape, rng, values, body=150.0)
+    save_nifti(root / "imagesTr" / f"{case}_{channel:04d}{ending}", image.astype(np.int16), affine)
+    save_nifti(root / "labelsTr" / f"{case}{ending}", label.astype(np.uint8), affine)
+    return image.astype(np.int16).astype(np.float32), label.astype(np.uint8)
+
+
+def write_nnunet(root: Path, cases: dict[str, int], *, channels: dict, labels: dict, values, affines: dict,
+                 config: dict | None = None, shape=(14, 12, 10)) -> dict:
+    """An nnU-Net raw folder: ``cases`` maps each case ID to the channel its image is written as, ``affines`` each
+    channel to its affine; ``config`` is written as ``fsuda.json``. Returns {case: (image, raw label, affine)}."""
+    import json
+
+    write_dataset_json(root, channels=channels, labels=labels, num_training=len(cases))
+    written = {}
+    for i, (case, channel) in enumerate(cases.items()):
+        image, label = write_nnunet_case(root, case, channel=channel, values=values, affine=affines[channel],
+                                         shape=shape, seed=i)
+        written[case] = (image, label, affines[channel])
+    if config is not None:
+        (root / "fsuda.json").write_text(json.dumps(config, indent=2))
+    return written
+
+
+#: AMOS's labels as nnU-Net's Dataset219 conversion writes them (AMOS's value -> name inverted, names as released).
+AMOS_LABELS = {"background": 0, "spleen": 1, "right kidney": 2, "left kidney": 3, "gall bladder": 4, "esophagus": 5,
+               "liver": 6, "stomach": 7, "arota": 8, "postcava": 9, "pancreas": 10, "right adrenal gland": 11,
+               "left adrenal gland": 12, "duodenum": 13, "bladder": 14, "prostate/uterus": 15}
+
+
+def write_amos(root: Path, *, ct_ids, mr_ids, shape=(16, 14, 12)) -> dict:
+    """AMOS in nnU-Net's ``Dataset219_AMOS2022_postChallenge_task2`` layout: ``imagesTr/amos_0001_0000.nii.gz``,
+    ``labelsTr/amos_0001.nii.gz``, one channel. CT volumes hold all 15 organs, MR volumes organs 1-13.
+    Returns {(modality, case ID): (image, raw label, affine)}."""
+    ct_affine = scanner_affine(spacing=(0.75, 0.75, 2.5))
+    mr_affine = scanner_affine(spacing=(1.2, 1.1, 4.0), origin=(160.0, 150.0, -90.0))
+    write_dataset_json(root, channels={0: "either_CT_or_MR"}, labels=AMOS_LABELS,
+                       num_training=len(ct_ids) + len(mr_ids), name="AMOS2022_postChallenge_task2",
+                       reference="https://amos22.grand-challenge.org/", release="https://zenodo.org/record/7262581",
+                       overwrite_image_reader_writer="NibabelIOWithReorient",
+                       description="This is the dataset as released AFTER the challenge event.")
+    written = {}
+    for modality, ids, values, affine in (("ct", ct_ids, tuple(range(1, 16)), ct_affine),
+                                          ("mr", mr_ids, tuple(range(1, 14)), mr_affine)):
+        for number in ids:
+            case = f"amos_{number:04d}"
+            image, label = write_nnunet_case(root, case, channel=0, values=values, affine=affine, shape=shape,
+                                             seed=number)
+            written[(modality, case)] = (image, label, affine)
+    return written

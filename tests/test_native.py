@@ -300,3 +300,30 @@ def test_mmwhs_2d_release_test_volumes_round_trip_to_their_stored_flip(tmp_path)
         np.testing.assert_array_equal(back, case.label)
         stored = subjects[("ct", case_id)][1][::-1, ::-1]  # as the release stores it
         np.testing.assert_array_equal(case.grid.to_file(back), stored)
+
+
+def test_predict_then_evaluate_gives_the_trials_own_scores(tmp_path, cache_dir):
+    """The external path (predict each test scan, score the folder) reproduces the trial's native-grid scores."""
+    from helpers import finished_run
+
+    from benchmark.predict import predict_scan
+
+    (spec, record), = finished_run(tmp_path / "run", cache_dir, ["oracle"], shots=[1], directions=["mr2ct"],
+                                   seeds=[0])
+    adapter = registry.get_dataset("synthetic-heart", None)
+    folder = tmp_path / "predictions"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FSUDA_CACHE", cache_dir)
+        for case_id in adapter.cases("ct", "test"):
+            case = adapter.load_case("ct", case_id)
+            grid = Grid.from_spacing(case.spacing, case.image.shape)
+            save_nifti(tmp_path / "scans" / f"{case_id}.nii.gz", case.image, grid.matrix)
+            predict_scan(tmp_path / "run", tmp_path / "scans" / f"{case_id}.nii.gz",
+                         folder / f"ct_{case_id}.nii.gz", trial_id=spec.trial_id)
+    result = evaluate_predictions(adapter, folder, modality="ct")
+    assert result.label_values == "class indices (the dataset's files use them too)"
+    for theirs, ours in zip(record["volumes"], result.volumes):
+        assert theirs["case"] == ours["case"]
+        for name, metrics in theirs["metrics"].items():
+            for key, value in metrics.items():
+                assert ours["metrics"][name][key] == pytest.approx(value, rel=1e-9, abs=1e-9), (ours["case"], name)
