@@ -199,15 +199,16 @@ def test_a_run_that_does_not_stop_after_ctrl_c_is_ended_by_force(tmp_path):
         "import time\n"
         "from benchmark.runner import bounded_interrupt\n"
         "with bounded_interrupt(grace_s=2.0):\n"
-        "    print('ready', flush=True)\n"
         "    while True:\n"
         "        try:\n"
+        "            print('ready', flush=True)\n"
         "            time.sleep(100)\n"
         "        except KeyboardInterrupt:\n"
         "            pass  # a loop that ignores the interrupt\n")
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "ready"
+        time.sleep(0.5)  # into the sleep, where the interrupt is caught and ignored
         started = time.monotonic()
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
