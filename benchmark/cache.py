@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from .errors import DataError, UsageError
-from .native import Grid, InverseMap
+from .native import InverseMap
 from .preprocess import body_crop, normalise_volume
 from .registry import get_dataset
 
@@ -179,7 +179,7 @@ def _preprocess_one(dataset: str, root: str | None, modality: str, case_id: str,
     case = adapter.load_case(modality, case_id)
     out = preprocess_volume(case.image, case.spacing, adapter.slice_axis, settings, case.label,
                             max(adapter.classes.values()) + 1)
-    grid = case.grid or Grid.from_spacing(case.spacing, case.image.shape)
+    grid = case.stored_grid()
     out["native"] = {"shape": list(case.image.shape), "spacing": [float(s) for s in case.spacing],
                      "grid": grid.to_dict()}
     out["raw_shape"] = list(case.image.shape)

@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from .cli_scoring import (DEFAULT_OUT, add_scoring_parsers, cmd_compare, cmd_evaluate, cmd_predict,
-                          leaderboards_dir)
+from .cli_scoring import (DEFAULT_OUT, add_scoring_parsers, add_trial_selectors, cmd_compare, cmd_evaluate,
+                          cmd_predict, leaderboards_dir, trial_selection)
 from .errors import BenchmarkError, UsageError
 
 
@@ -102,14 +102,7 @@ def build_parser(prog: str = "python -m benchmark") -> argparse.ArgumentParser:
     vi = sub.add_parser("visualize", help="save a PNG grid of a finished trial's images, hallucinations or "
                                           "translations, and target predictions")
     vi.add_argument("method", nargs="?", default=None, help="e.g. metahallu (optional with --trial)")
-    vi.add_argument("--out", default=DEFAULT_OUT, help="the run's results directory")
-    vi.add_argument("--trial", default=None, help="a trial id (its folder name under <out>/trials)")
-    vi.add_argument("--direction", default=None, help="the trial's direction, e.g. mr2ct")
-    vi.add_argument("--shots", default=None, help="the trial's shots, e.g. 4 or all")
-    vi.add_argument("--seed", type=int, default=None, help="the trial's seed")
-    vi.add_argument("--dataset", default=None, help="the trial's dataset")
-    vi.add_argument("--preset", default=None, metavar=presets, help="the trial's preset")
-    vi.add_argument("--hparam-sample", type=int, default=None, help="the trial's hyperparameter sample")
+    add_trial_selectors(vi, presets)
     vi.add_argument("--rows", type=int, default=4, help="examples to draw")
     vi.add_argument("--png", default=None, help="where to write (default: <out>/figures/...png)")
     add_scoring_parsers(sub, presets)
@@ -324,9 +317,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_visualize(args: argparse.Namespace) -> int:
     from .visualize import visualize
 
-    fig = visualize(args.out, args.method, trial_id=args.trial, png=args.png, rows=args.rows,
-                    dataset=args.dataset, direction=args.direction, shots=args.shots, seed=args.seed,
-                    preset=args.preset, hparam_sample=args.hparam_sample)
+    fig = visualize(args.out, args.method, png=args.png, rows=args.rows, **trial_selection(args))
     print(f"Saved {fig.path} ({fig.rows} rows: {', '.join(fig.columns)})")
     return 0
 

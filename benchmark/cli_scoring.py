@@ -11,6 +11,25 @@ from .errors import UsageError
 DEFAULT_OUT = "runs"
 
 
+def add_trial_selectors(parser, presets: str) -> None:
+    """The options that pick one finished trial of a run (``visualize``, ``predict``)."""
+    parser.add_argument("--out", default=DEFAULT_OUT, help="the run's results directory")
+    parser.add_argument("--trial", default=None, help="a trial id (its folder name under <out>/trials)")
+    parser.add_argument("--direction", default=None, help="the trial's direction, e.g. mr2ct")
+    parser.add_argument("--shots", default=None, help="the trial's shots, e.g. 4 or all")
+    parser.add_argument("--seed", type=int, default=None, help="the trial's seed")
+    parser.add_argument("--dataset", default=None, help="the trial's dataset")
+    parser.add_argument("--preset", default=None, metavar=presets, help="the trial's preset")
+    parser.add_argument("--hparam-sample", type=int, default=None, help="the trial's hyperparameter sample")
+
+
+def trial_selection(args: argparse.Namespace) -> dict:
+    """The trial selectors of :func:`add_trial_selectors` as keyword arguments of
+    :func:`benchmark.visualize.find_trial`."""
+    return {"trial_id": args.trial, "dataset": args.dataset, "direction": args.direction, "shots": args.shots,
+            "seed": args.seed, "preset": args.preset, "hparam_sample": args.hparam_sample}
+
+
 def add_scoring_parsers(sub, presets: str) -> None:
     ev = sub.add_parser("evaluate", help="score a folder of NIfTI predictions of a dataset's test cases with the "
                                          "protocol's metrics, on each label file's own grid")
@@ -40,14 +59,7 @@ def add_scoring_parsers(sub, presets: str) -> None:
     pd_.add_argument("method", nargs="?", default=None, help="e.g. sifa_lite (optional with --trial)")
     pd_.add_argument("--input", required=True, help="the scan, a NIfTI file of the trial's target modality")
     pd_.add_argument("--output", required=True, help="where to write the segmentation (.nii.gz)")
-    pd_.add_argument("--out", default=DEFAULT_OUT, help="the run's results directory")
-    pd_.add_argument("--trial", default=None, help="a trial id (its folder name under <out>/trials)")
-    pd_.add_argument("--direction", default=None, help="the trial's direction, e.g. mr2ct")
-    pd_.add_argument("--shots", default=None, help="the trial's shots, e.g. 4 or all")
-    pd_.add_argument("--seed", type=int, default=None, help="the trial's seed")
-    pd_.add_argument("--dataset", default=None, help="the trial's dataset")
-    pd_.add_argument("--preset", default=None, metavar=presets, help="the trial's preset")
-    pd_.add_argument("--hparam-sample", type=int, default=None, help="the trial's hyperparameter sample")
+    add_trial_selectors(pd_, presets)
 
 
 def leaderboards_dir(to: str | None) -> Path:
@@ -144,9 +156,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from .predict import predict_scan
 
-    done = predict_scan(args.out, args.input, args.output, method=args.method, trial_id=args.trial,
-                        dataset=args.dataset, direction=args.direction, shots=args.shots, seed=args.seed,
-                        preset=args.preset, hparam_sample=args.hparam_sample)
+    done = predict_scan(args.out, args.input, args.output, method=args.method, **trial_selection(args))
     counts = ", ".join(f"{k} {v}" for k, v in done.voxels.items())
     print(f"Wrote {done.path} ({'x'.join(map(str, done.shape))} voxels, the input's grid) with trial "
           f"{done.trial_id} ({done.label}); voxels per structure: {counts}")

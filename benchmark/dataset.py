@@ -55,6 +55,10 @@ class Case:
     spacing: tuple[float, ...]
     grid: Grid | None = None
 
+    def stored_grid(self) -> Grid:
+        """The grid the case is stored on: :attr:`grid`, or the canonical arrays' own (a diagonal affine)."""
+        return self.grid or Grid.from_spacing(self.spacing, self.image.shape)
+
 
 class DatasetAdapter:
     """Base class of every dataset adapter (register subclasses with ``@register_dataset("name")``)."""

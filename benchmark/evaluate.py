@@ -47,12 +47,10 @@ class Evaluation:
 
 def _reference(adapter, modality: str, case_id: str):
     """The case's label volume in its file's stored order, the stored grid and its spacing."""
-    from .native import Grid
-
     case = adapter.load_case(modality, case_id)
     if case.label is None:
         raise DataError(f"{adapter.name} {modality} case {case_id} has no label file to score predictions against.")
-    grid = case.grid or Grid.from_spacing(case.spacing, case.image.shape)
+    grid = case.stored_grid()
     return np.ascontiguousarray(grid.to_file(case.label)), grid
 
 

@@ -32,7 +32,7 @@ from .leaderboard_aggregate import (VOLUME_COLUMNS, build_rows, recompute_gap_cl
 from .leaderboard_render import render_markdown
 from .leaderboard_schema import (FLOAT_DECIMALS, METRICS, README_TEXT, conform, float_columns, normalize_shots,
                                  structures_of, track_rows, tracks)
-from .leaderboard_stats import add_statistics, rank_samples, row_key
+from .leaderboard_stats import row_key, table_statistics
 from .protocol import PROTOCOL
 
 ARCHIVE = "archive"
@@ -103,8 +103,7 @@ def _write_track(df: pd.DataFrame, root: Path, dataset: str, direction: str, pro
     samples = {}
     if volumes is not None:
         volumes = sort_volumes(volumes)
-        df = add_statistics(df, volumes)
-        samples = rank_samples(df, volumes)
+        df, samples = table_statistics(df, volumes)
         atomic_write_text(_volumes_path(csv_path), volumes.to_csv(index=False, lineterminator="\n"))
     atomic_write_text(csv_path, _csv_text(df))
     atomic_write_text(csv_path.with_suffix(".md"), render_markdown(df))

@@ -115,6 +115,13 @@ def compare(a: Values, b: Values, rng: np.random.Generator) -> dict[str, float]:
 def add_statistics(rows: pd.DataFrame, volumes: pd.DataFrame) -> pd.DataFrame:
     """``rows`` (one track's table) with the interval, rank and comparison columns computed from ``volumes``
     (its per-volume table); rows without per-volume metrics keep empty cells."""
+    return table_statistics(rows, volumes)[0]
+
+
+def table_statistics(rows: pd.DataFrame, volumes: pd.DataFrame
+                     ) -> tuple[pd.DataFrame, dict[tuple, dict[str, np.ndarray]]]:
+    """:func:`add_statistics`' table, and per group of the table each ranked row's bootstrap rank samples by row
+    name (for the blob plot), from one pass of the bootstraps."""
     out = rows.copy()
     structures = structures_of(rows)
     data = row_values(volumes, structures)
@@ -124,8 +131,11 @@ def add_statistics(rows: pd.DataFrame, volumes: pd.DataFrame) -> pd.DataFrame:
     for k in keys:
         groups.setdefault(_group(k), []).append(k)
     families: dict[tuple, list[tuple]] = {}
+    samples: dict[tuple, dict[str, np.ndarray]] = {}
     for group, members in groups.items():
-        ranks, _ = _ranks(members, data)
+        ranks, group_samples = _ranks(members, data)
+        if group_samples:
+            samples[group] = {k[0]: v for k, v in group_samples.items()}
         for k, (rank, low, high) in ranks.items():
             cells[k].update(rank=rank, rank_low=low, rank_high=high)
         baselines = [k for k in members if k[0] == BASELINE and k in data]
@@ -143,22 +153,7 @@ def add_statistics(rows: pd.DataFrame, volumes: pd.DataFrame) -> pd.DataFrame:
     for i, k in enumerate(keys):
         for column, value in cells.get(k, {}).items():
             out.at[i, column] = value
-    return out
-
-
-def rank_samples(rows: pd.DataFrame, volumes: pd.DataFrame) -> dict[tuple, dict[str, np.ndarray]]:
-    """Per group of the table, each ranked row's bootstrap rank samples, by row name (for the blob plot)."""
-    data = row_values(volumes, structures_of(rows))
-    groups: dict[tuple, list[tuple]] = {}
-    for _, r in rows.iterrows():
-        k = row_key(r)
-        groups.setdefault(_group(k), []).append(k)
-    out = {}
-    for group, members in groups.items():
-        _, samples = _ranks(members, data)
-        if samples:
-            out[group] = {k[0]: v for k, v in samples.items()}
-    return out
+    return out, samples
 
 
 def pairwise(rows: pd.DataFrame, volumes: pd.DataFrame, baseline: str | None = None,

@@ -141,3 +141,37 @@ def finished_run(out: Path, cache_dir: str, methods: Sequence[str], **grid: Any)
             done.append((spec, record))
     return done
 
+
+
+def prepare_then_run(dataset: str, root: Path, direction: str, volumes: int, cache_dir: str, out: Path,
+                     capsys, workers: int | None = None) -> dict:
+    """``prepare`` a real-format dataset in a separate process, then a 2-step 1-shot ``source_only`` run that must
+    read that cache (and build none); returns the run's one record, which must be ok.
+
+    ``volumes`` is the number of volumes ``prepare`` must report; ``workers`` its ``--workers`` (default: all cores).
+    """
+    import os
+    import subprocess
+    import sys
+
+    from benchmark.cli import main
+    from benchmark.store import ResultsStore
+
+    env = {**os.environ, "FSUDA_CACHE": cache_dir}
+    extra = [] if workers is None else ["--workers", str(workers)]
+    res = subprocess.run([sys.executable, "-m", "benchmark", "prepare", dataset, "--root", str(root), *extra],
+                         cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, env=env,
+                         check=False)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "Slice cache ready" in res.stdout and f"({volumes} volumes" in res.stdout
+    caches = sorted((Path(cache_dir) / dataset).iterdir())
+    assert len(caches) == 1
+    args = ["run", "--dataset", dataset, "--data-root", str(root), "--methods", "source_only", "--shots", "1",
+            "--directions", direction, "--seeds", "0", "--steps", "2", "--out", str(out)]
+    assert main(args) == 0
+    assert "Preparing" not in capsys.readouterr().out  # the run read the cache that prepare built
+    assert sorted((Path(cache_dir) / dataset).iterdir()) == caches
+    (record,) = list(ResultsStore(out).records())
+    assert record["status"] == "ok" and record["config"]["dataset"] == dataset
+    assert (out / "leaderboards" / dataset / f"{direction}.csv").exists()
+    return record

@@ -8,10 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import prepare_then_run
 from realdata_files import write_mmwhs
 
-from benchmark.cli import main
-from benchmark.store import ResultsStore
 
 pytestmark = pytest.mark.slow
 
@@ -26,20 +25,5 @@ def test_prepare_then_run_on_an_mmwhs_folder(tmp_path, cache_dir, capsys):
                          capture_output=True, text=True, env=env, check=False)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "mmwhs: all 40 volumes passed" in res.stdout
-    res = subprocess.run([sys.executable, "-m", "benchmark", "prepare", "mmwhs", "--root", str(root)], cwd=REPO,
-                         capture_output=True, text=True, env=env, check=False)
-    assert res.returncode == 0, res.stdout + res.stderr
-    assert "Slice cache ready" in res.stdout and "(40 volumes" in res.stdout
-    caches = sorted((Path(cache_dir) / "mmwhs").iterdir())
-    assert len(caches) == 1
-
-    out = tmp_path / "run"
-    args = ["run", "--dataset", "mmwhs", "--data-root", str(root), "--methods", "source_only", "--shots", "1",
-            "--directions", "mr2ct", "--seeds", "0", "--steps", "2", "--out", str(out)]
-    assert main(args) == 0
-    assert "Preparing" not in capsys.readouterr().out  # the run read the cache that prepare built
-    assert sorted((Path(cache_dir) / "mmwhs").iterdir()) == caches
-    (record,) = list(ResultsStore(out).records())
-    assert record["status"] == "ok" and record["config"]["dataset"] == "mmwhs"
+    record = prepare_then_run("mmwhs", root, "mr2ct", 40, cache_dir, tmp_path / "run", capsys)
     assert sorted(v["case"] for v in record["volumes"]) == ["ct_1003", "ct_1008", "ct_1014", "ct_1019"]
-    assert (out / "leaderboards" / "mmwhs" / "mr2ct.csv").exists()
