@@ -1,8 +1,9 @@
 """``python -m benchmark visualize``: a PNG grid of what a finished trial's model does, for a researcher to look at.
 
 One row per example. Columns: a labeled source slice with its label contours; for a method that exposes
-``hallucinate`` (``metahallu``) the hallucination with its warped label contours and the transform (the sampling
-grid over the gain field); for one that exposes ``translate`` (``cyclegan_uda``, ``sifa_lite``) the translated
+``hallucinate`` (``metahallu``) the hallucination with its warped label contours (for the paired hallucinator,
+hallucinated towards the target slice of the same row) and the transform (the sampling grid over the gain or
+additive field); for one that exposes ``translate`` (``cyclegan_uda``, ``sifa_lite``) the translated
 source slice with the source label; then a target test slice with the model's predicted contours and the same
 slice with the ground-truth contours. The weights are the trial's final weights (``model.pt`` in its directory of
 the results store), so a figure shows exactly the model the leaderboard scored.
@@ -153,7 +154,9 @@ def _show(ax, image: np.ndarray, title: str | None, vmin: float, vmax: float) ->
 
 def _sampling_grid(ax, displacement: np.ndarray | None, gain: np.ndarray | None, size: tuple[int, int],
                    title: str | None) -> None:
-    """Where each output pixel samples the input (every 4th grid line), over the gain field (grey if none)."""
+    """Where each output pixel samples the input (every 4th grid line), over the gain field (grey if none).
+
+    An additive field is passed as 1 + bias, so both kinds share the colour scale 0.5 to 1.5."""
     h, w = size
     ax.imshow(np.ones((h, w)) if gain is None else gain, cmap="coolwarm", vmin=0.5, vmax=1.5,
               interpolation="bilinear")
@@ -201,8 +204,9 @@ def render(method, spec: TrialSpec, adapter, cache, path: Path, rows: int = 4,
     with torch.no_grad():
         hal = trans = None
         if hasattr(method, "hallucinate"):
-            hal = method.hallucinate(xs, ys)
-            columns += ["hallucination + warped label", "sampling grid over gain"]
+            hal = method.hallucinate(xs, ys, reference=xt)
+            field = "gain" if hal.gain is not None else "bias"
+            columns += ["hallucination + warped label", f"sampling grid over {field}"]
         elif hasattr(method, "translate"):
             trans = method.translate(xs)
             columns += [f"translated to {target} + label"]
@@ -228,7 +232,9 @@ def render(method, spec: TrialSpec, adapter, cache, path: Path, rows: int = 4,
             _contours(axes[r, c], hal.label[r].cpu().numpy(), num_classes)
             c += 1
             disp = None if hal.displacement is None else hal.displacement[r].cpu().numpy()
-            gain = None if hal.gain is None else hal.gain[r, 0].cpu().numpy()
+            # an additive field is drawn as 1 + bias, on the gain's colour scale
+            field = hal.gain if hal.gain is not None else None if hal.bias is None else 1 + hal.bias
+            gain = None if field is None else field[r, 0].cpu().numpy()
             _sampling_grid(axes[r, c], disp, gain, src[r][0].shape, title(columns[c]))
             c += 1
         elif trans is not None:

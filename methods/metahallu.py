@@ -1,14 +1,12 @@
-"""``metahallu``: Meta-Hallucinator, a reconstruction from the paper (no official code was ever published)."""
+"""``metahallu``: Meta-Hallucinator, a reconstruction from the paper and its framework figure (no official code)."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torch.func import functional_call
 
 from benchmark.blocks import EMATeacher, gan_adam, sigmoid_rampup
@@ -17,215 +15,90 @@ from benchmark.losses import dice_ce_loss
 from benchmark.method import SegmenterMethod
 from benchmark.registry import register_method
 
-# --- spatial transformer (Jaderberg et al., NeurIPS 2015) -------------------------------------------------------
-# A displacement field ``u`` is (B, 2, H, W) in normalised coordinates (channel 0: x, along the width; channel 1: y),
-# the convention of ``F.grid_sample`` with ``align_corners=False``: a pixel is 2 / W wide, and the warped image
-# at p is the input at p + u(p) (backward warping).
+from ._hallucination import (Hallucination, Hallucinator, PairedHallucinator, apply_lut, integrate_velocity,
+                             intensity_w1, mind, smoothness, translation_losses, warp, warp_labels)
+from ._metahallu_paired import PairedMetaStep
 
-
-def warp(x: torch.Tensor, displacement: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
-    """``x`` (B, C, H, W) sampled at p + u(p); outside the image the border value is repeated."""
-    b, _, h, w = x.shape
-    theta = torch.eye(2, 3, device=x.device, dtype=x.dtype).unsqueeze(0).expand(b, 2, 3)
-    grid = F.affine_grid(theta, [b, 1, h, w], align_corners=False) + displacement.permute(0, 2, 3, 1)
-    return F.grid_sample(x, grid, mode=mode, padding_mode="border", align_corners=False)
-
-
-def warp_labels(labels: torch.Tensor, displacement: torch.Tensor,
-                num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Warp an integer label map (B, H, W): the one-hot maps are warped bilinearly, then arg-maxed.
-
-    Returns ``(soft, hard)``: the warped one-hot probabilities (B, classes, H, W), which sum to 1 at every pixel,
-    and their arg-max (B, H, W) int64, a valid label map. Warping the one-hot maps rather than the integers keeps
-    thin structures better than nearest-neighbour sampling and never invents a label between two others.
-    """
-    onehot = F.one_hot(labels, num_classes).permute(0, 3, 1, 2).to(displacement.dtype)
-    soft = warp(onehot, displacement)
-    return soft, soft.argmax(1)
-
-
-def integrate_velocity(velocity: torch.Tensor, steps: int = 5) -> torch.Tensor:
-    """Displacement of the flow of a stationary velocity field by scaling and squaring (Arsigny et al. 2006).
-
-    As in diffeomorphic VoxelMorph (Dalca et al., MICCAI 2018): u = v / 2**steps, then ``steps`` times
-    u <- u + u o (id + u). Each component of the result is bounded by the largest value of that component of
-    ``v`` (bilinear interpolation is a convex combination), and the transform stays invertible for smooth ``v``.
-    """
-    u = velocity / (2 ** steps)
-    for _ in range(steps):
-        u = u + warp(u, u)
-    return u
-
-
-def smoothness(field: torch.Tensor) -> torch.Tensor:
-    """Mean squared finite difference of a (B, C, H, W) field along both axes (a diffusion regulariser)."""
-    dy = field[:, :, 1:, :] - field[:, :, :-1, :]
-    dx = field[:, :, :, 1:] - field[:, :, :, :-1]
-    return dy.pow(2).mean() + dx.pow(2).mean()
-
-
-# --- the hallucinator -------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Hallucination:
-    """A hallucinated batch and the transform that made it.
-
-    ``displacement`` (B, 2, H, W) is in ``grid_sample``'s normalised units (see :func:`warp`);
-    ``None`` fields mean the corresponding transform is off. ``coarse`` holds the bounded low-resolution fields
-    (velocity, log-gain, bias) the regularisers act on.
-    """
-
-    image: torch.Tensor
-    label: torch.Tensor | None = None
-    soft_label: torch.Tensor | None = None
-    displacement: torch.Tensor | None = None
-    gain: torch.Tensor | None = None
-    bias: torch.Tensor | None = None
-    coarse: dict[str, torch.Tensor] | None = None
-
-
-class Hallucinator(nn.Module):
-    """Maps an image and a random spatial code to a bounded smooth deformation and a gain/bias field.
-
-    A strided CNN reads the image down to a grid ``2**levels`` times coarser; a Gaussian code drawn on a grid
-    twice coarser still (so that neighbouring cells are correlated) is upsampled and concatenated; two 3x3
-    convolutions with group norm and a 1x1 head give four coarse maps: a velocity field (2), a log-gain and a bias.
-    Each is bounded by ``tanh`` times its maximum. The velocity is upsampled bilinearly to full resolution and
-    integrated by scaling and squaring (no folding, and every component stays within ``max_displacement``); the
-    gain ``exp(log_gain)`` and the bias are upsampled bilinearly. The head's initial weights are scaled so that
-    the untrained hallucinator already draws transforms of about half their bounds (the outputs depend on the
-    code, and on the image): a random augmenter of the intended strength.
-    """
-
-    def __init__(self, in_channels: int = 1, width: int = 16, code_channels: int = 8, levels: int = 3,
-                 max_displacement: float = 0.06, max_log_gain: float = 0.3, max_bias: float = 0.3,
-                 integration_steps: int = 5, init_scale: float = 0.8):
-        super().__init__()
-        layers: list[nn.Module] = []
-        ch = in_channels
-        for i in range(levels):
-            out = width * min(2 ** i, 2)
-            layers += [nn.Conv2d(ch, out, 3, stride=2, padding=1), nn.LeakyReLU(0.2)]
-            ch = out
-        self.encoder = nn.Sequential(*layers)
-        self.mix = nn.Sequential(
-            nn.Conv2d(ch + code_channels, ch, 3, padding=1), nn.GroupNorm(1, ch), nn.LeakyReLU(0.2),
-            nn.Conv2d(ch, ch, 3, padding=1), nn.GroupNorm(1, ch), nn.LeakyReLU(0.2))
-        self.head = nn.Conv2d(ch, 4, 1)
-        nn.init.normal_(self.head.weight, std=init_scale / math.sqrt(ch))
-        nn.init.zeros_(self.head.bias)
-        self.levels, self.code_channels = levels, code_channels
-        #: maxima in normalised units: a displacement of ``max_displacement`` image sides is 2 * that in [-1, 1]
-        self.max_velocity = 2.0 * max_displacement
-        self.max_log_gain, self.max_bias, self.integration_steps = max_log_gain, max_bias, integration_steps
-
-    def grid_size(self, height: int, width: int) -> tuple[int, int]:
-        """The coarse field grid for an image of ``height`` x ``width`` (each stride-2 layer rounds up)."""
-        f = 2 ** self.levels
-        return -(-height // f), -(-width // f)
-
-    def sample_code(self, images: torch.Tensor) -> torch.Tensor:
-        """A standard normal code (B, code_channels, h, w) on a grid half as fine as the field grid."""
-        h, w = self.grid_size(*images.shape[-2:])
-        return torch.randn(len(images), self.code_channels, -(-h // 2), -(-w // 2), device=images.device,
-                           dtype=images.dtype)
-
-    def coarse_fields(self, images: torch.Tensor, code: torch.Tensor) -> dict[str, torch.Tensor]:
-        feats = self.encoder(images)
-        z = F.interpolate(code, size=feats.shape[-2:], mode="bilinear", align_corners=False)
-        out = self.head(self.mix(torch.cat([feats, z], 1)))
-        return {"velocity": torch.tanh(out[:, :2]) * self.max_velocity,
-                "log_gain": torch.tanh(out[:, 2:3]) * self.max_log_gain,
-                "bias": torch.tanh(out[:, 3:4]) * self.max_bias}
-
-    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None, num_classes: int | None = None,
-                code: torch.Tensor | None = None, *, spatial: bool = True, appearance: bool = True) -> Hallucination:
-        """Hallucinate ``images`` (B, C, H, W) and, when given, their integer ``labels`` (B, H, W)."""
-        soft = None
-        if labels is not None:
-            if num_classes is None:
-                raise ValueError("Hallucinator: pass num_classes together with labels.")
-            soft = F.one_hot(labels, num_classes).permute(0, 3, 1, 2).to(images.dtype)
-        if not (spatial or appearance):
-            return Hallucination(images, labels, soft)
-        size = images.shape[-2:]
-        coarse = self.coarse_fields(images, self.sample_code(images) if code is None else code)
-        out, hard, disp, gain, bias = images, labels, None, None, None
-        if spatial:
-            velocity = F.interpolate(coarse["velocity"], size=size, mode="bilinear", align_corners=False)
-            disp = integrate_velocity(velocity, self.integration_steps) if self.integration_steps else velocity
-            out = warp(images, disp)
-            if labels is not None:
-                soft, hard = warp_labels(labels, disp, num_classes)
-        if appearance:
-            gain = F.interpolate(coarse["log_gain"], size=size, mode="bilinear", align_corners=False).exp()
-            bias = F.interpolate(coarse["bias"], size=size, mode="bilinear", align_corners=False)
-            out = gain * out + bias
-        return Hallucination(out, hard, soft, disp, gain, bias, coarse)
+__all__ = ["Hallucination", "Hallucinator", "MetaHallucinator", "PairedHallucinator", "apply_lut",
+           "integrate_velocity", "intensity_w1", "mind", "smoothness", "translation_losses", "warp", "warp_labels"]
 
 
 @register_method("metahallu", aliases=("meta_hallucinator",))
-class MetaHallucinator(SegmenterMethod):
-    """Meta-Hallucinator: meta-learned hallucination with hallucination-consistent self-ensembling.
+class MetaHallucinator(PairedMetaStep, SegmenterMethod):
+    """Meta-Hallucinator: a target-conditioned hallucinator meta-learned with the segmenter, and self-ensembling.
 
     Zhao, Zhou, Zeng, Guan, Zhou. "Meta-hallucinator: Towards Few-Shot Cross-Modality Cardiac Image
-    Segmentation." MICCAI 2022 (arXiv:2305.06978). The authors published no code, so this is a reconstruction
-    from the paper's description; none of the defaults claims to be the paper's. Three components, each a switch:
+    Segmentation." MICCAI 2022 (arXiv:2305.06978); its framework figure (``assets/archi.png`` of
+    jacobzhaoziyuan/Meta-Hallucinator) is what version 2 follows. No code was published, so this is a
+    reconstruction; none of the defaults claims to be the paper's. Component by component (figure; choice):
 
-    1. Hallucination (``spatial``, ``appearance``): :class:`Hallucinator` turns a labeled source image and a random
-       code into a smooth bounded deformation, applied to the image and to its label, and a gain and bias field.
-    2. Meta-learning (``meta``), as MAML (Finn, Abbeel, Levine, ICML 2017) and MLDG (Li, Yang, Song, Hospedales,
-       AAAI 2018): a functional inner SGD step (``torch.func.functional_call``) on the meta-train loss of
-       hallucinated pairs gives weights theta'; the segmenter descends the meta-train loss plus the meta-test loss
-       at theta', the hallucinator the meta-test loss through the inner step, so it learns to hallucinate examples
-       whose training step helps.
-    3. Self-ensembling (``consistency``; mean teacher, Tarvainen and Valpola, NeurIPS 2017, in the
-       transformation-consistent form of Li et al., IEEE TNNLS 2021): the student's prediction on a hallucinated
-       target image is trained towards the EMA teacher's on the real one, warped by the same deformation.
-
-    Choices the paper leaves open, and deliberate differences:
-
-    * Hallucinator input: the image and a Gaussian code on a grid twice coarser than its field grid.
-    * Bounds: ``tanh`` times ``max_displacement``, ``max_log_gain``, ``max_bias``; no learned intensity remapping.
-    * Deformation: scaling-and-squaring integration (Dalca et al., MICCAI 2018), backward warping, border padding.
-    * Labels: one-hot maps warped bilinearly; the soft map is the target, so the loss is differentiable in the warp.
-    * Initialisation: the untrained hallucinator already draws transforms of about half their bounds.
-    * Regularisers: smoothness of the coarse velocity, log-gain and bias of the meta-train hallucination.
-    * Split: the first half of the labeled batch is hallucinated (meta-train), the second stays real (meta-test).
-    * Inner step: one SGD step with ``inner_lr`` on the decoder and head (``inner_params="all"``: every weight).
-    * Meta-test loss: supervised on the real half plus the weighted consistency loss, both at theta'.
-    * The meta-train loss never reaches the hallucinator directly (it would learn to make easy examples).
-    * ``first_order``: MAML's first-order approximation for the segmenter; the hallucinator's gradient stays exact.
+    * Hallucinator psi (figure: an encoder-decoder fed a meta-train pair D_s, D_t): :class:`PairedHallucinator`,
+      a source image, a target image and a random code to a diffeomorphic deformation (scaling and squaring,
+      Dalca et al., MICCAI 2018) and an appearance transform, a learned intensity remapping plus a smooth additive
+      field, as learned-transformation augmentation (Zhao et al., CVPR 2019); the label moves with the deformation.
+    * L_trans (figure: a loss of psi's own, at both levels; the paper leaves its form open):
+      :func:`translation_losses`, MIND (Heinrich et al., MedIA 2012) for the deformation, MSE with the
+      deformation fixed and a 1D Wasserstein intensity term for the appearance, smoothness of both fields.
+    * Inner step (figure: psi -> psi' along grad_psi L_seg + grad_psi L_trans, theta -> theta' along
+      grad_theta L_seg): one functional SGD step of each (``torch.func.functional_call``; MAML, Finn et al., ICML
+      2017), ``inner_lr`` for the decoder and head of theta (``inner_params="all"``: every weight), ``h_inner_lr``
+      for psi; ``psi_seg_hessian`` off keeps grad_psi L_seg a constant of the step (no second derivative there).
+    * Meta-test (figure: psi' hallucinates the meta-test pairs, theta' is judged on L_seg + L_trans + L_con):
+      the second halves of the source and target batches; theta descends the meta-train L_seg plus
+      ``meta_test_weight`` times that objective at theta' (MLDG, Li et al., AAAI 2018), psi the same objective
+      and L_trans at psi', through both inner steps; second order, ``first_order`` drops the Hessian terms.
+    * L_con (figure: the EMA teacher on meta-test images, its prediction through psi', against the student on the
+      hallucinated input): on source and on target meta-test images (a target image is hallucinated towards
+      another target image of the batch), the teacher's probabilities warped by the same deformation, mean
+      squared error after a sigmoid ramp-up (mean teacher, Tarvainen and Valpola, NeurIPS 2017).
+    * ``meta`` off: no inner step; psi learns from L_trans alone and the segmenter trains on its hallucinations.
     * BatchNorm under ``functional_call``: the weights are substituted, the running statistics are the module's.
-    * Consistency: mean squared error of probabilities on the whole target batch, after a sigmoid ramp-up.
-    * ``meta`` off: both losses at the current weights; the hallucinator stays a random augmenter.
     * Prediction: the student (``predict_with_teacher``: the teacher), as the suite's ``mean_teacher``.
     * The suite's U-Net, augmentation, presets and schedule replace the paper's network and training length.
+
+    ``hallucinator=random`` is version 1 unchanged, step for step: :class:`Hallucinator` draws a deformation and a
+    gain/bias field from one source image and a random code, has no loss of its own and never takes the inner step;
+    the first half of the source batch is hallucinated (meta-train), the second stays real (meta-test); the
+    meta-train loss never reaches psi; consistency uses the whole target batch.
     """
 
+    version = "2"
     streams = ("source", "target")
     HPARAMS: ClassVar[dict[str, HParam]] = {
         # the ablation switches
-        "meta": HParam(True, None, "bi-level meta-learning of segmenter and hallucinator (off: plain training "
-                                   "on hallucinated + real source; the hallucinator stays at its random init)"),
+        "hallucinator": HParam("paired", None, "paired: source + target to a transform with its own loss L_trans, "
+                                               "meta-learned at both levels; random: version 1's random augmenter"),
+        "trans_loss": HParam(True, None, "the paired hallucinator's similarity to the target (MIND, intensity MSE "
+                                         "and W1); off: psi learns from the meta-gradient only"),
+        "inner_hallucinator": HParam(True, None, "psi takes the inner step too (off: only theta does)"),
+        "meta": HParam(True, None, "bi-level meta-learning of segmenter and hallucinator (off: plain training on "
+                                   "hallucinations; psi learns from L_trans alone, or, random, stays at its init)"),
         "consistency": HParam(True, None, "self-ensembling with hallucination consistency on target images"),
         "spatial": HParam(True, None, "the hallucinator's deformation (off: identity)"),
-        "appearance": HParam(True, None, "the hallucinator's gain and bias fields (off: identity)"),
-        "first_order": HParam(False, None, "first-order meta-gradient for the segmenter (MAML-FO)"),
+        "appearance": HParam(True, None, "the hallucinator's appearance transform (off: identity)"),
+        "first_order": HParam(False, None, "first-order meta-gradient (MAML-FO)"),
+        "psi_seg_hessian": HParam(True, None, "differentiate through grad_psi L_seg of psi's inner step (off: it "
+                                              "is a constant of the step)"),
         # meta-learning
         "inner_lr": HParam(0.01, log_uniform(1e-3, 1e-1), "SGD learning rate of the functional inner step"),
+        "h_inner_lr": HParam(0.01, log_uniform(1e-3, 1e-1), "SGD learning rate of psi's inner step (paired)"),
         "inner_params": HParam("decoder", choice(["decoder", "all"]),
                                "segmenter weights the inner step adapts: decoder + head, or all"),
         "meta_test_weight": HParam(1.0, uniform(0.5, 2.0), "weight of the meta-test loss (MLDG's beta)"),
-        "h_lr": HParam(1e-4, log_uniform(3e-5, 1e-3), "Adam learning rate of the hallucinator"),
+        "h_lr": HParam(1e-4, log_uniform(3e-5, 1e-3), "Adam learning rate of the random hallucinator"),
+        "paired_lr": HParam(1e-3, log_uniform(1e-4, 3e-3), "Adam learning rate of the paired hallucinator"),
         # hallucinator
         "max_displacement": HParam(0.06, uniform(0.03, 0.1), "largest displacement, in image sides"),
-        "max_log_gain": HParam(0.3, uniform(0.1, 0.5), "gain within [exp(-m), exp(m)]"),
+        "max_log_gain": HParam(0.3, uniform(0.1, 0.5), "gain within [exp(-m), exp(m)] (random)"),
         "max_bias": HParam(0.3, uniform(0.1, 0.5), "bias within [-m, m] (images are z-scored)"),
+        "max_lut": HParam(2.0, uniform(1.0, 3.0), "intensity remapping offsets within [-m, m] (paired)"),
+        "lut_knots": HParam(16, None, "knots of the intensity remapping over [-3, 3] (paired)"),
         "smooth_weight": HParam(0.1, log_uniform(0.01, 1.0), "weight of the deformation smoothness regulariser"),
         "appearance_smooth_weight": HParam(0.1, log_uniform(0.01, 1.0),
-                                           "weight of the gain/bias smoothness regulariser"),
+                                           "weight of the appearance smoothness regulariser"),
+        "mind_weight": HParam(10.0, log_uniform(1.0, 100.0), "weight of L_trans' MIND term (paired)"),
+        "intensity_weight": HParam(1.0, log_uniform(0.1, 10.0), "weight of L_trans' intensity MSE (paired)"),
+        "histogram_weight": HParam(1.0, log_uniform(0.1, 10.0), "weight of L_trans' intensity W1 (paired)"),
         "integration_steps": HParam(5, None, "scaling-and-squaring steps (0: the velocity is the displacement)"),
         "h_width": HParam(16, None, "hallucinator width"),
         "code_channels": HParam(8, None, "channels of the random code"),
@@ -233,8 +106,7 @@ class MetaHallucinator(SegmenterMethod):
         "consistency_weight": HParam(1.0, log_uniform(0.1, 10.0), "consistency weight after ramp-up"),
         "rampup": HParam(0.4, uniform(0.1, 0.6), "fraction of training over which that weight ramps up"),
         "ema_decay": HParam(0.99, uniform(0.95, 0.999), "teacher EMA decay"),
-        "target_fraction": HParam(1.0, None, "fraction of the target batch used for consistency (0.5: half, like "
-                                             "the source batch's meta-test half)"),
+        "target_fraction": HParam(1.0, None, "fraction of the target batch used for consistency (random)"),
         "predict_with_teacher": HParam(False, None, "evaluate the teacher instead of the student"),
         "dice_weight": HParam(1.0, None, "weight of the soft Dice term beside cross-entropy"),
     }
@@ -242,19 +114,40 @@ class MetaHallucinator(SegmenterMethod):
     def __init__(self, ctx, hparams):
         if hparams["inner_params"] not in ("decoder", "all"):
             raise ValueError(f"metahallu: inner_params must be 'decoder' or 'all', not {hparams['inner_params']!r}.")
+        if hparams["hallucinator"] not in ("paired", "random"):
+            raise ValueError(f"metahallu: hallucinator must be 'paired' or 'random', not "
+                             f"{hparams['hallucinator']!r}.")
         super().__init__(ctx, hparams)
         hp = hparams
-        self.hallucinator = Hallucinator(
-            ctx.in_channels, hp["h_width"], hp["code_channels"], max_displacement=hp["max_displacement"],
-            max_log_gain=hp["max_log_gain"], max_bias=hp["max_bias"], integration_steps=hp["integration_steps"])
+        self.paired = hp["hallucinator"] == "paired"
+        if self.paired:
+            self.hallucinator = PairedHallucinator(
+                ctx.in_channels, hp["h_width"], hp["code_channels"], max_displacement=hp["max_displacement"],
+                max_bias=hp["max_bias"], lut_knots=hp["lut_knots"], max_lut=hp["max_lut"],
+                integration_steps=hp["integration_steps"])
+        else:
+            self.hallucinator = Hallucinator(
+                ctx.in_channels, hp["h_width"], hp["code_channels"], max_displacement=hp["max_displacement"],
+                max_log_gain=hp["max_log_gain"], max_bias=hp["max_bias"],
+                integration_steps=hp["integration_steps"])
         self.teacher = EMATeacher(self.segmenter, hp["ema_decay"])
-        self.optimizers.append(gan_adam(self.hallucinator.parameters(), hp["h_lr"]))
+        self.optimizers.append(torch.optim.Adam(self.hallucinator.parameters(), hp["paired_lr"]) if self.paired
+                               else gan_adam(self.hallucinator.parameters(), hp["h_lr"]))
 
     def hallucinate(self, images: torch.Tensor, labels: torch.Tensor | None = None,
-                    code: torch.Tensor | None = None) -> Hallucination:
-        """Images (and labels) transformed by the hallucinator, with the switches ``spatial``/``appearance``."""
-        return self.hallucinator(images, labels, self.ctx.num_classes, code, spatial=self.hparams["spatial"],
-                                 appearance=self.hparams["appearance"])
+                    code: torch.Tensor | None = None, reference: torch.Tensor | None = None) -> Hallucination:
+        """Images (and labels) transformed by the hallucinator, with the switches ``spatial``/``appearance``.
+
+        The paired hallucinator needs ``reference``, the target images to hallucinate towards (one per image).
+        """
+        hp = self.hparams
+        if not self.paired:
+            return self.hallucinator(images, labels, self.ctx.num_classes, code, spatial=hp["spatial"],
+                                     appearance=hp["appearance"])
+        if reference is None:
+            raise ValueError("metahallu: the paired hallucinator needs reference (target) images.")
+        return self.hallucinator(images, reference, labels, self.ctx.num_classes, code, spatial=hp["spatial"],
+                                 appearance=hp["appearance"])
 
     def regulariser(self, hal: Hallucination) -> torch.Tensor:
         """Smoothness of the hallucinator's coarse fields (the bounds are built into the network)."""
@@ -286,6 +179,8 @@ class MetaHallucinator(SegmenterMethod):
         return view.image, teacher
 
     def update(self, batch, step):
+        if self.paired:
+            return self.paired_update(batch, step)
         hp = self.hparams
         xa, ya, xb, yb = self._split(batch)
         weight = 0.0

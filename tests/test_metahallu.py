@@ -1,4 +1,7 @@
-"""Meta-Hallucinator: the hallucinator's transforms, the bi-level gradients, self-ensembling, the switches."""
+"""Meta-Hallucinator version 1 (``hallucinator=random``): transforms, bi-level gradients, self-ensembling, switches.
+
+The paired hallucinator of version 2 is tested in ``test_metahallu_v2.py``.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +18,11 @@ from helpers import B, CLASSES, SIZE, blob_labels, build, make_batch, method_mod
 MODULE = method_module("metahallu")
 Hallucinator, integrate_velocity, warp, warp_labels = (MODULE.Hallucinator, MODULE.integrate_velocity, MODULE.warp,
                                                        MODULE.warp_labels)
+
+
+def build_v1(seed: int = 0, **overrides):
+    """metahallu with version 1's random hallucinator."""
+    return build("metahallu", seed, hallucinator="random", **overrides)
 
 
 def metahallu_batch(seed: int) -> Batch:
@@ -105,7 +113,7 @@ def test_hallucinator_is_random_at_init_and_a_function_of_its_code():
 
 
 def test_identity_when_spatial_and_appearance_are_off():
-    m = build("metahallu", spatial=False, appearance=False)
+    m = build_v1(spatial=False, appearance=False)
     batch = metahallu_batch(0)
     out = m.hallucinate(batch.source_x, batch.source_y)
     assert torch.equal(out.image, batch.source_x) and torch.equal(out.label, batch.source_y)
@@ -115,13 +123,13 @@ def test_identity_when_spatial_and_appearance_are_off():
 def test_spatial_and_appearance_switches_change_what_they_claim():
     batch = metahallu_batch(0)
     x, y = batch.source_x, batch.source_y
-    spatial_only = build("metahallu", appearance=False)
+    spatial_only = build_v1(appearance=False)
     torch.manual_seed(3)
     s = spatial_only.hallucinate(x, y)
     assert s.gain is None and s.bias is None and s.displacement.abs().max() > 0
     assert torch.equal(s.image, warp(x, s.displacement))  # geometry only
     assert not torch.equal(s.label, y)
-    appearance_only = build("metahallu", spatial=False)
+    appearance_only = build_v1(spatial=False)
     torch.manual_seed(3)
     a = appearance_only.hallucinate(x, y)
     assert a.displacement is None and torch.equal(a.label, y)  # labels untouched
@@ -140,13 +148,13 @@ def test_soft_loss_on_one_hot_labels_is_dice_ce():
 
 @pytest.mark.parametrize("first_order", [False, True])
 def test_meta_test_loss_reaches_the_hallucinator_only_through_the_inner_step(first_order):
-    m = build("metahallu", first_order=first_order, smooth_weight=0.0, appearance_smooth_weight=0.0)
+    m = build_v1(first_order=first_order, smooth_weight=0.0, appearance_smooth_weight=0.0)
     obj = objectives(m)
     _, h_grads = m.meta_gradients(obj)
     assert sum(g.abs().sum() for g in h_grads) > 0
     # with a zero inner learning rate the updated weights equal the current ones: nothing reaches the hallucinator,
     # although the meta-train loss was computed on its output (it is not part of the hallucinator's objective)
-    m0 = build("metahallu", first_order=first_order, smooth_weight=0.0, appearance_smooth_weight=0.0, inner_lr=0.0)
+    m0 = build_v1(first_order=first_order, smooth_weight=0.0, appearance_smooth_weight=0.0, inner_lr=0.0)
     obj0 = objectives(m0)
     assert obj0["meta_train"].requires_grad and any(
         g is not None and g.abs().sum() > 0 for g in torch.autograd.grad(
@@ -156,11 +164,11 @@ def test_meta_test_loss_reaches_the_hallucinator_only_through_the_inner_step(fir
 
 
 def test_meta_train_loss_alone_does_not_update_the_hallucinator():
-    m = build("metahallu", meta_test_weight=0.0, smooth_weight=0.0, appearance_smooth_weight=0.0, consistency=False)
+    m = build_v1(meta_test_weight=0.0, smooth_weight=0.0, appearance_smooth_weight=0.0, consistency=False)
     h0, s0 = params_of(m.hallucinator), params_of(m.segmenter)
     train(m, 2)
     assert same(params_of(m.hallucinator), h0) and not same(params_of(m.segmenter), s0)
-    m = build("metahallu", consistency=False)
+    m = build_v1(consistency=False)
     train(m, 2)
     assert not same(params_of(m.hallucinator), h0)
 
@@ -169,7 +177,7 @@ def test_first_and_second_order_gradients():
     key = "unet.segmentation_head.0.weight"
     grads = {}
     for name, first_order in (("so", False), ("fo", True)):
-        m = build("metahallu", first_order=first_order, inner_lr=0.1)
+        m = build_v1(first_order=first_order, inner_lr=0.1)
         torch.manual_seed(7)
         obj = objectives(m)
         # the meta-test gradient at the updated weights, as if they were independent weights
@@ -188,7 +196,7 @@ def test_first_and_second_order_gradients():
 
 
 def test_inner_step_is_functional_and_adapts_only_the_chosen_weights():
-    m = build("metahallu", inner_params="decoder")
+    m = build_v1(inner_params="decoder")
     before = params_of(m.segmenter)
     obj = objectives(m)
     assert same(params_of(m.segmenter), before)  # the real weights are untouched by the inner step
@@ -198,17 +206,17 @@ def test_inner_step_is_functional_and_adapts_only_the_chosen_weights():
             assert fast is params[name]
         elif obj["meta_train_grads"][name] is not None:
             assert fast is not params[name] and not torch.equal(fast, params[name])
-    obj_all = objectives(build("metahallu", inner_params="all"))
+    obj_all = objectives(build_v1(inner_params="all"))
     assert not torch.equal(obj_all["fast"]["unet.encoder.conv1.weight"], params["unet.encoder.conv1.weight"])
     with pytest.raises(ValueError, match="inner_params"):
-        build("metahallu", inner_params="encoder")
+        build_v1(inner_params="encoder")
 
 
 # --- self-ensembling and the switches ---------------------------------------------------------------------------
 
 
 def test_teacher_is_an_ema_of_the_student():
-    m = build("metahallu", ema_decay=0.9)
+    m = build_v1(ema_decay=0.9)
     train(m, 3)
     before = params_of(m.teacher.model)
     torch.manual_seed(11)
@@ -220,7 +228,7 @@ def test_teacher_is_an_ema_of_the_student():
 
 def test_consistency_switch_decides_whether_target_images_matter():
     def after(consistency: bool, target_seed: int) -> list[torch.Tensor]:
-        m = build("metahallu", consistency=consistency, rampup=0.0)
+        m = build_v1(consistency=consistency, rampup=0.0)
         losses, weights = step_with_target(m, metahallu_batch(0), target_seed, step=3, torch_seed=100)
         assert ("consistency" in losses) == consistency
         return weights
@@ -230,19 +238,19 @@ def test_consistency_switch_decides_whether_target_images_matter():
 
 
 def test_meta_switch():
-    m = build("metahallu", meta=False)
+    m = build_v1(meta=False)
     h0 = params_of(m.hallucinator)
     losses = train(m, 2)
     assert same(params_of(m.hallucinator), h0)  # no meta-objective, no hallucinator training
     assert "meta_test" not in losses[-1] and "meta_train" in losses[-1]
-    m = build("metahallu", meta=True)
+    m = build_v1(meta=True)
     losses = train(m, 2)
     assert not same(params_of(m.hallucinator), h0) and "meta_test" in losses[-1]
 
 
 def test_reduces_to_source_only_with_random_augmentation():
     """meta and consistency off: exactly a Dice + CE step on (frozen-init hallucination, real) source halves."""
-    m = build("metahallu", meta=False, consistency=False)
+    m = build_v1(meta=False, consistency=False)
     frozen = copy.deepcopy(m.hallucinator)
     reference = copy.deepcopy(m.segmenter)
     opt = torch.optim.Adam(reference.parameters(), lr=m.hparams["lr"], weight_decay=m.hparams["weight_decay"])
@@ -265,6 +273,6 @@ def test_reduces_to_source_only_with_random_augmentation():
 
 @pytest.mark.parametrize("overrides", [{}, {"first_order": True}])
 def test_deterministic_for_a_seed(overrides):
-    a, b = build("metahallu", 3, **overrides), build("metahallu", 3, **overrides)
+    a, b = build_v1(3, **overrides), build_v1(3, **overrides)
     assert train(a) == train(b)
     assert same(params_of(a), params_of(b))
