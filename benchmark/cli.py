@@ -133,8 +133,9 @@ def _add_run_parser(sub, presets: str) -> None:
                    help="hyperparameter samples (0 = defaults); e.g. 0-4")
     r.add_argument("--out", default=DEFAULT_OUT, help="results directory")
     r.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPU cores Ray reserves for each trial")
-    r.add_argument("--gpus-per-trial", type=float, default=0.0,
-                   help="GPUs Ray reserves for each trial; fractions share one, e.g. 0.25")
+    r.add_argument("--gpus-per-trial", default="auto",
+                   help="GPUs Ray reserves for each trial: auto (one when the cluster has GPUs, else none), or a "
+                        "number; fractions share one GPU, e.g. 0.25")
     r.add_argument("--address", default=None, help="an existing Ray cluster (default: RAY_ADDRESS or a local Ray)")
     r.add_argument("--retry-failed", action="store_true", help="run failed trials again")
     r.add_argument("--dry-run", action="store_true", help="print the plan and stop")
@@ -158,8 +159,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if args.tracker is not None:
         check_tracker(args.tracker)
-    if args.cpus_per_trial <= 0 or args.gpus_per_trial < 0:
-        raise UsageError("--cpus-per-trial must be positive and --gpus-per-trial non-negative.")
+    from .resources import parse_gpus
+
+    gpus_per_trial = parse_gpus(args.gpus_per_trial)
+    if args.cpus_per_trial <= 0:
+        raise UsageError(f"--cpus-per-trial {args.cpus_per_trial:g} is impossible: give a positive number of CPUs.")
     if args.steps is not None and args.steps < 1:
         raise UsageError(f"--steps {args.steps} is impossible: train for at least one step.")
     specs = build_grid(dataset=args.dataset, methods=args.methods, shots=args.shots, directions=args.directions,
@@ -185,7 +189,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     mode = QUIET if args.quiet else VERBOSE if args.verbose else NORMAL
     t0 = time.perf_counter()
     with run_lock(out):
-        summary = run_grid(specs, out, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+        summary = run_grid(specs, out, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=gpus_per_trial,
                            address=args.address, retry_failed=args.retry_failed, display=RunDisplay(mode=mode),
                            log=_silent if mode == QUIET else print, tracker=args.tracker)
         records = list(store.records())

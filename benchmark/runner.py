@@ -356,14 +356,17 @@ class RunSummary:
     failed: int
 
 
-def run_grid(specs: list[TrialSpec], out: Path, *, cpus_per_trial: float = 1, gpus_per_trial: float = 0,
+def run_grid(specs: list[TrialSpec], out: Path, *, cpus_per_trial: float = 1, gpus_per_trial: float | str = 0,
              address: str | None = None, retry_failed: bool = False, num_cpus: int | None = None,
              num_gpus: float | None = None, log: Callable[[str], None] = print, display: RunDisplay | None = None,
-             tracker: str | None = None) -> RunSummary:
+             tracker: str | None = None, announce: Callable[[str], None] = print) -> RunSummary:
     """Run every unfinished trial of ``specs`` on Ray Tune, recording each in ``out``'s results store.
 
-    ``display`` shows the run as it goes (default: the standard display on stdout); ``tracker`` names an
-    experiment tracker of :data:`benchmark.tracking.TRACKERS` that the trials' losses are logged to.
+    ``gpus_per_trial`` may be ``"auto"`` (:func:`benchmark.resources.resolve_placement`); the request is checked
+    against the cluster's nodes before any cache is prepared or trial started, and ``announce`` gets the line that
+    names the device and how many trials run at once. ``display`` shows the run as it goes (default: the standard
+    display on stdout); ``tracker`` names an experiment tracker of :data:`benchmark.tracking.TRACKERS` that the
+    trials' losses are logged to.
     """
     store = ResultsStore(out)
     todo = []
@@ -377,9 +380,9 @@ def run_grid(specs: list[TrialSpec], out: Path, *, cpus_per_trial: float = 1, gp
     if not todo:
         return RunSummary(len(specs), len(specs), 0, 0, 0)
 
+    from .resources import alive_nodes, resolve_placement
     from .tune_callbacks import ProgressCallback
 
-    _prepare_caches(todo, log)
     # Ctrl-C must stop the run, not end it: Tune's own handler would stop every trial gracefully and report the
     # unfinished ones as errors, which this function would then record as failed. Without it the interrupt
     # reaches the caller, Ray shuts down, finished trials stay recorded and unfinished ones resume next time.
@@ -390,9 +393,12 @@ def run_grid(specs: list[TrialSpec], out: Path, *, cpus_per_trial: float = 1, gp
     offsets = {s.trial_id: _size(store.trial_dir(s) / TRIAL_LOG) for s in todo}
     progress = ProgressCallback(display, store, log_offsets=offsets)
     with bounded_interrupt(), ray_session(out, address=address, num_cpus=num_cpus, num_gpus=num_gpus):
+        placement = resolve_placement(cpus_per_trial, gpus_per_trial, alive_nodes())
+        announce(placement.describe())
+        _prepare_caches(todo, log)
         display.begin(len(todo), skipped=len(specs) - len(todo))
         try:
-            tuner = make_tuner(_tune_trainable, param_space, out, cpus_per_trial, gpus_per_trial,
+            tuner = make_tuner(_tune_trainable, param_space, out, placement.cpus, placement.gpus,
                                callbacks=[progress], tracker=tracker)
             grid = tuner.fit()
         finally:

@@ -62,6 +62,7 @@ def test_tiny_ray_run_records_everything(tmp_path, plugin_dir, capsys):
         assert f"[synthetic-heart/mr2ct/{method}/1shot/seed0] step 3/3 " in captured.out
     assert "[synthetic-heart/mr2ct/crashes_e2e/1shot/seed0] FAILED: RuntimeError: deliberate crash" in captured.out
     assert len(trial_lines(captured.out, 4)) == 4
+    assert "Device: cpu, 1 CPU per trial (auto: the cluster has no GPU); " in captured.out  # the default is auto
 
     store = ResultsStore(out)
     records = {r["config"]["method"]: r for r in store.records()}

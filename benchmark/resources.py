@@ -1,0 +1,102 @@
+"""What each trial reserves on the Ray cluster: ``--gpus-per-trial auto``, and requests checked before any trial.
+
+A run asks Ray for ``cpus`` CPUs and ``gpus`` GPUs per trial. ``auto`` (the default) means one GPU per trial when
+some node of the cluster has one, none otherwise, so ``run --preset paper`` on a GPU machine trains on the GPU
+without being told. A request that no single node can meet would leave Tune waiting for ever (Ray repeats "No
+available node types can fulfill resource request"); :func:`resolve_placement` refuses it before any trial
+starts, naming the request and what the cluster's nodes have.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+from .errors import UsageError
+
+AUTO = "auto"
+_EPS = 1e-9
+
+
+def parse_gpus(value: str) -> float | str:
+    """``--gpus-per-trial``: ``auto`` or a non-negative number (a fraction packs trials onto one GPU)."""
+    if str(value).strip().lower() == AUTO:
+        return AUTO
+    try:
+        gpus = float(value)
+    except ValueError:
+        raise UsageError(f"--gpus-per-trial {value!r} is neither 'auto' nor a number of GPUs, e.g. 1 or 0.5.") from None
+    if not math.isfinite(gpus) or gpus < 0:
+        raise UsageError(f"--gpus-per-trial {value} is impossible: give 'auto', 0 or a positive number of GPUs.")
+    return gpus
+
+
+@dataclass(frozen=True)
+class Placement:
+    """The resources each trial reserves, the device it trains on and how many trials run at once."""
+
+    cpus: float
+    gpus: float
+    concurrent: int
+    nodes: tuple[Mapping[str, float], ...]
+    auto: bool = False
+
+    @property
+    def device(self) -> str:
+        return "cuda" if self.gpus > 0 else "cpu"
+
+    def describe(self) -> str:
+        """One line for the plan, e.g. ``Device: cuda, 1 GPU and 1 CPU per trial (auto); 2 trials at a time ...``."""
+        gpus = f"{self.gpus:g} GPU{'s' if self.gpus != 1 else ''} and " if self.gpus else ""
+        why = " (auto: the cluster has no GPU)" if self.auto and not self.gpus else " (auto)" if self.auto else ""
+        trials = f"{self.concurrent} trial{'s' if self.concurrent != 1 else ''}"
+        return (f"Device: {self.device}, {gpus}{self.cpus:g} CPU{'s' if self.cpus != 1 else ''} per trial{why}; "
+                f"{trials} at a time on {describe_nodes(self.nodes)}.")
+
+
+def describe_nodes(nodes: Sequence[Mapping[str, float]]) -> str:
+    """``1 node with 2 CPUs and no GPU`` or ``2 nodes (16 CPUs and 1 GPU; 8 CPUs and no GPU)``."""
+    def one(n: Mapping[str, float]) -> str:
+        cpus, gpus = n.get("CPU", 0.0), n.get("GPU", 0.0)
+        return (f"{cpus:g} CPU{'s' if cpus != 1 else ''} and "
+                + (f"{gpus:g} GPU{'s' if gpus != 1 else ''}" if gpus else "no GPU"))
+    if len(nodes) == 1:
+        return f"1 node with {one(nodes[0])}"
+    return f"{len(nodes)} nodes ({'; '.join(one(n) for n in nodes)})"
+
+
+def _fits(cpus: float, gpus: float, node: Mapping[str, float]) -> int:
+    """How many trials of this request one node holds at once."""
+    by_cpu = math.floor(node.get("CPU", 0.0) / cpus + _EPS)
+    by_gpu = math.floor(node.get("GPU", 0.0) / gpus + _EPS) if gpus > 0 else by_cpu
+    return max(0, min(by_cpu, by_gpu))
+
+
+def resolve_placement(cpus: float, gpus: float | str, nodes: Sequence[Mapping[str, float]]) -> Placement:
+    """The per-trial request for the cluster whose alive nodes have ``nodes`` resources (Ray's ``Resources``).
+
+    ``gpus`` ``auto`` becomes 1 when some node has at least one GPU, else 0. Raises :class:`UsageError` when
+    no node can hold one trial of the request.
+    """
+    if cpus <= 0:
+        raise UsageError(f"--cpus-per-trial {cpus:g} is impossible: each trial needs a positive number of CPUs.")
+    nodes = tuple(dict(n) for n in nodes)
+    auto = gpus == AUTO
+    if auto:
+        gpus = 1.0 if any(n.get("GPU", 0.0) >= 1 - _EPS for n in nodes) else 0.0
+    concurrent = sum(_fits(cpus, float(gpus), n) for n in nodes)
+    if concurrent == 0:
+        asked = f"{cpus:g} CPU{'s' if cpus != 1 else ''}" + (f" and {gpus:g} GPU{'s' if gpus != 1 else ''}"
+                                                           if gpus else "")
+        raise UsageError(f"The request of {asked} per trial (--cpus-per-trial, --gpus-per-trial) fits on no node of "
+                         f"the Ray cluster, which has {describe_nodes(nodes) if nodes else 'no alive node'}; ask "
+                         f"for at most what one node has.")
+    return Placement(cpus, float(gpus), concurrent, nodes, auto)
+
+
+def alive_nodes() -> list[dict[str, Any]]:
+    """The ``Resources`` of every alive node of the connected Ray cluster."""
+    import ray
+
+    return [dict(n.get("Resources", {})) for n in ray.nodes() if n.get("Alive", False)]
