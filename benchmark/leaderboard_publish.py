@@ -14,6 +14,11 @@ One table never mixes protocols. The board of a track, ``<dataset>/<direction>.c
 protocol (:data:`benchmark.protocol.PROTOCOL`); rows of an earlier protocol live under
 ``<dataset>/archive/<protocol>/<direction>.csv``. Publishing the first rows of a new protocol moves the track's
 older rows there, unchanged; rows of an earlier protocol are never published.
+
+Nor does a table mix versions of one method (a row name such as ``metahallu`` or ``metahallu+cdtg``). Publishing a
+row of a method version the board does not hold moves every row of that method's other versions, unchanged and
+reported, to ``<dataset>/archive/<protocol>/superseded/<direction>.csv``; it is refused, like a replacement, when
+the new version's row has fewer seeds than the row it displaces.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from .leaderboard_stats import row_key, table_statistics
 from .protocol import PROTOCOL
 
 ARCHIVE = "archive"
+SUPERSEDED = "superseded"
 
 
 def _safe_component(name: str, what: str) -> str:
@@ -44,12 +50,30 @@ def _safe_component(name: str, what: str) -> str:
     return name
 
 
-def _csv_path(root: Path, dataset: str, direction: str, protocol: str = PROTOCOL) -> Path:
-    """Where a track's board of ``protocol`` lives: the board itself for the current protocol, else its archive."""
+def _csv_path(root: Path, dataset: str, direction: str, protocol: str = PROTOCOL, superseded: bool = False) -> Path:
+    """Where a track's board of ``protocol`` lives: the board itself for the current protocol, else its archive;
+    ``superseded``: the archive of the protocol's rows of earlier method versions."""
     folder = root / _safe_component(dataset, "dataset")
-    if protocol != PROTOCOL:
+    if protocol != PROTOCOL or superseded:
         folder = folder / ARCHIVE / _safe_component(protocol, "protocol")
+    if superseded:
+        folder = folder / SUPERSEDED
     return folder / f"{_safe_component(direction, 'direction')}.csv"
+
+
+def _versions(rows: pd.DataFrame) -> dict[str, set[str]]:
+    """Method row name -> the method versions of ``rows``."""
+    out: dict[str, set[str]] = {}
+    for _, r in rows.iterrows():
+        out.setdefault(str(r["method"]), set()).add(str(r["method_version"]))
+    return out
+
+
+def _superseded_mask(existing: pd.DataFrame, incoming: pd.DataFrame) -> list[bool]:
+    """Which rows of ``existing`` belong to a method that ``incoming`` publishes in another version."""
+    new = _versions(incoming)
+    return [str(r["method"]) in new and str(r["method_version"]) not in new[str(r["method"])]
+            for _, r in existing.iterrows()]
 
 
 def _by_protocol(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
@@ -94,12 +118,13 @@ def read_volumes(csv_path: str | os.PathLike[str]) -> pd.DataFrame:
 
 
 def _write_track(df: pd.DataFrame, root: Path, dataset: str, direction: str, protocol: str = PROTOCOL,
-                 volumes: pd.DataFrame | None = None) -> Path:
+                 volumes: pd.DataFrame | None = None, superseded: bool = False) -> Path:
     """Write one track's files; with ``volumes`` the statistics are computed and the per-volume table written."""
     from .leaderboard_figures import render_board, render_rank_stability
 
-    csv_path = _csv_path(root, dataset, direction, protocol)
-    title = f"{dataset} / {direction}" + ("" if protocol == PROTOCOL else f" ({protocol})")
+    csv_path = _csv_path(root, dataset, direction, protocol, superseded)
+    title = (f"{dataset} / {direction}" + ("" if protocol == PROTOCOL else f" ({protocol})")
+             + (", earlier method versions" if superseded else ""))
     samples = {}
     if volumes is not None:
         volumes = sort_volumes(volumes)
@@ -186,7 +211,24 @@ def publish_plan(rows: pd.DataFrame, root: Path) -> tuple[list[str], list[str]]:
         existing = read_leaderboard(board) if board.exists() else None
         current = {} if existing is None else {row_key(r): r for _, r in existing.iterrows()
                                                if r["protocol"] == PROTOCOL}
-        for _, new in track_rows(rows, dataset, direction).iterrows():
+        incoming = track_rows(rows, dataset, direction)
+        mixed = {m: v for m, v in _versions(incoming).items() if len(v) > 1}
+        if mixed:
+            refusals.append("versions: " + ", ".join(f"{dataset}/{direction} {m} in versions {', '.join(sorted(v))}"
+                                                      for m, v in sorted(mixed.items())))
+        if existing is not None:
+            board_rows = existing[existing["protocol"] == PROTOCOL].reset_index(drop=True)
+            for (_, old), gone in zip(board_rows.iterrows(), _superseded_mask(board_rows, incoming)):
+                if not gone:
+                    continue
+                changes.append(f"supersede {_describe(old)} ({_seeds(old)}): moved to {ARCHIVE}/{PROTOCOL}/"
+                               f"{SUPERSEDED}/{direction}.csv")
+                like = [n for _, n in incoming.iterrows() if row_key(n)[:-1] == row_key(old)[:-1]]
+                if like and int(like[0]["seeds_done"]) < int(old["seeds_done"]):
+                    refusals.append(f"replace: {_describe(old)} has {int(old['seeds_done'])} seeds published and "
+                                    f"version {like[0]['method_version']} has {int(like[0]['seeds_done'])} in this "
+                                    f"run")
+        for _, new in incoming.iterrows():
             old = current.get(row_key(new))
             if old is None:
                 changes.append(f"add {_describe(new)} ({_seeds(new)})")
@@ -224,13 +266,15 @@ def publish(rows: pd.DataFrame, leaderboards_dir: str | os.PathLike[str], *,
     for line in changes:
         log(("would " if dry_run else "") + line)
     dirty = sorted({_describe(r) + f" (commit {r['commit']})" for _, r in rows.iterrows() if "dirty" in r["commit"]})
-    problems = [] if replace else refusals
+    problems = [r for r in refusals if r.startswith("versions: ")] + ([] if replace else [
+        r for r in refusals if not r.startswith("versions: ")])
     if dirty and not allow_dirty:
         problems += [f"dirty: {d}" for d in dirty]
     if problems:
         raise UsageError(f"Publishing refused, nothing was written: {'; '.join(problems)}. A row is replaced by one "
-                         f"with fewer seeds only with --replace, and rows whose trials ran from a tree with "
-                         f"uncommitted changes (their commit cannot be re-run) are published only with --allow-dirty.")
+                         f"with fewer seeds only with --replace, rows whose trials ran from a tree with "
+                         f"uncommitted changes (their commit cannot be re-run) are published only with --allow-dirty, "
+                         f"and one board holds one version of each method.")
     if dry_run:
         return []
     paths = []
@@ -238,10 +282,13 @@ def publish(rows: pd.DataFrame, leaderboards_dir: str | os.PathLike[str], *,
         board = _csv_path(root, dataset, direction)
         existing = read_leaderboard(board) if board.exists() else None
         existing_volumes = read_volumes(board)
+        incoming = track_rows(rows, dataset, direction)
         if existing is not None:
             paths += _archive_past(existing, root, dataset, direction, board)
             existing = existing[existing["protocol"] == PROTOCOL].reset_index(drop=True)
-        incoming = track_rows(rows, dataset, direction)
+            existing, existing_volumes, archived = _supersede(existing, existing_volumes, incoming, root, dataset,
+                                                              direction)
+            paths += archived
         new_volumes = (volumes or {}).get((dataset, direction, PROTOCOL), pd.DataFrame(columns=VOLUME_COLUMNS))
         merged = _merge_track(incoming, existing)
         paths.append(_write_track(merged, root, dataset, direction, volumes=_merge_volumes(new_volumes,
@@ -268,3 +315,23 @@ def _archive_past(existing: pd.DataFrame, root: Path, dataset: str, direction: s
         kept = read_leaderboard(archive) if archive.exists() else None
         written.append(_write_track(_merge_track(past, kept), root, dataset, direction, protocol))
     return written
+
+
+def _supersede(existing: pd.DataFrame, volumes: pd.DataFrame, incoming: pd.DataFrame, root: Path, dataset: str,
+               direction: str) -> tuple[pd.DataFrame, pd.DataFrame, list[Path]]:
+    """Move the board's rows (and per-volume lines) of methods that ``incoming`` publishes in another version to
+    the track's archive of superseded versions; returns what stays on the board and the paths written."""
+    mask = _superseded_mask(existing, incoming)
+    if not any(mask):
+        return existing, volumes, []
+    gone = existing[mask].reset_index(drop=True)
+    keys = {row_key(r) for _, r in gone.iterrows()}
+    moving = [row_key(r) in keys for _, r in volumes.iterrows()] if not volumes.empty else []
+    archive = _csv_path(root, dataset, direction, PROTOCOL, superseded=True)
+    kept = read_leaderboard(archive) if archive.exists() else None
+    archived_volumes = _merge_volumes(volumes[moving] if moving else volumes.iloc[0:0], read_volumes(archive))
+    path = _write_track(_merge_track(gone, kept), root, dataset, direction, PROTOCOL, archived_volumes,
+                        superseded=True)
+    stay = [not m for m in moving]
+    return (existing[[not m for m in mask]].reset_index(drop=True),
+            volumes[stay].reset_index(drop=True) if stay else volumes, [path])

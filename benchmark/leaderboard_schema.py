@@ -218,7 +218,10 @@ direction (a *track*):
 * `<dataset>/archive/<protocol>/<direction>.*` - the rows of an earlier
   protocol, moved there unchanged when the first rows of the next one were
   published (one table never mixes protocols: `fsuda-v1` scored on the
-  resized slices of the slice cache, so its numbers are not comparable).
+  resized slices of the slice cache, so its numbers are not comparable);
+* `<dataset>/archive/<protocol>/superseded/<direction>.*` - rows of earlier
+  versions of a method, moved there unchanged when rows of its next version
+  were published (one table holds one version of each method).
 
 A row aggregates the seeds of one (method, shots, selection, preset, dataset
 version, method version); the preset names every setting a run overrode, e.g.

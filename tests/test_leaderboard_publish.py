@@ -21,7 +21,7 @@ CASES = [f"ct_{i:03d}" for i in range(6)]
 
 
 def record(method: str, seed: int, level: float, *, steps: int | None = None, commit: str = "c0ffee",
-           shots: int = 1) -> dict:
+           shots: int = 1, version: str = "1") -> dict:
     """A finished trial whose per-volume Dice is ``level`` plus a fixed pattern over cases and structures."""
     rng = np.random.default_rng(zlib.crc32(f"{method}/{seed}/{level}".encode()))
     volumes = []
@@ -37,8 +37,8 @@ def record(method: str, seed: int, level: float, *, steps: int | None = None, co
     settings = get_preset("quick", steps=steps)
     config = {"dataset": "synthetic-heart", "direction": "mr2ct", "method": method, "shots": shots, "seed": seed,
               "preset": "quick", "preset_settings": settings, "hparam_sample": 0, "hparams": {}, "selection": "last",
-              "protocol": PROTOCOL, "dataset_version": "2", "method_version": "1"}
-    return {"trial_id": f"{method}-{seed}-{steps}", "status": "ok", "config": config, "summary": summary,
+              "protocol": PROTOCOL, "dataset_version": "2", "method_version": version}
+    return {"trial_id": f"{method}-{seed}-{steps}-v{version}", "status": "ok", "config": config, "summary": summary,
             "structures": list(STRUCTS), "volumes": volumes, "commit": commit}
 
 
@@ -81,6 +81,41 @@ def test_replacing_a_row_by_fewer_seeds_needs_replace(board):
     row = lb.read_leaderboard(board).set_index("method").loc["metahallu"]
     assert row["seeds_done"] == 1 and lines[0].startswith("replace synthetic-heart/mr2ct metahallu 1-shot")
     assert re.search(r": 3 seeds, Dice 0\.5\d{3}, commit c0ffee -> 1 seed, Dice 0\.\d{4}, commit c0ffee$", lines[0])
+
+
+def test_a_new_method_version_moves_the_old_rows_to_the_superseded_archive(board):
+    boards = board.parent.parent
+    before = lb.read_leaderboard(board).set_index("method").loc["metahallu"]
+    before_volumes = board.with_name("mr2ct.volumes.csv").read_text().splitlines()
+    old_lines = [line for line in before_volumes[1:] if line.startswith("metahallu,")]
+    lines = []
+    publish([record("metahallu", s, 0.5, version="2") for s in range(3)], boards, log=lines.append)
+    new = lb.read_leaderboard(board)
+    assert list(new[new["method"] == "metahallu"]["method_version"]) == ["2"]  # one version per method on a board
+    assert sorted(new["method"]) == ["metahallu", "oracle", "source_only"]
+    archive = board.parent / "archive" / PROTOCOL / "superseded" / "mr2ct.csv"
+    kept = lb.read_leaderboard(archive)
+    assert list(kept["method"]) == ["metahallu"] and list(kept["method_version"]) == ["1"]
+    assert kept.iloc[0]["dice_mean"] == before["dice_mean"] and kept.iloc[0]["seeds_done"] == 3
+    archived_volumes = archive.with_name("mr2ct.volumes.csv").read_text().splitlines()
+    assert archived_volumes[1:] == old_lines and len(old_lines) == 3 * len(CASES) * len(STRUCTS)
+    on_board = pd.read_csv(board.with_name("mr2ct.volumes.csv"), dtype=str)
+    assert set(on_board[on_board["method"] == "metahallu"]["method_version"]) == {"2"}
+    assert lines[0] == (f"supersede synthetic-heart/mr2ct metahallu 1-shot, preset quick, version 1 (3 seeds, Dice "
+                        f"{before['dice_mean']:.4f}, commit c0ffee): moved to archive/{PROTOCOL}/superseded/mr2ct.csv")
+    assert lines[1].startswith("add synthetic-heart/mr2ct metahallu 1-shot, preset quick, version 2 (3 seeds")
+
+
+def test_a_new_method_version_with_fewer_seeds_or_two_versions_at_once_is_refused(board):
+    before = board.read_text()
+    with pytest.raises(UsageError, match=r"metahallu 1-shot, preset quick, version 1 has 3 seeds published and "
+                                         r"version 2 has 1 in this run"):
+        publish([record("metahallu", 0, 0.5, version="2")], board.parent.parent)
+    with pytest.raises(UsageError, match=r"synthetic-heart/mr2ct advent in versions 1, 2.*one version of each"):
+        publish([record("advent", 0, 0.4), record("advent", 1, 0.4, version="2")], board.parent.parent,
+                replace=True)
+    assert board.read_text() == before
+    assert not (board.parent / "archive").exists()
 
 
 def test_rows_from_uncommitted_code_need_allow_dirty(board):
