@@ -27,6 +27,7 @@ import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 
@@ -203,41 +204,49 @@ def _seeds(row: pd.Series) -> str:
     return f"{int(row['seeds_done'])} seed{'s' if int(row['seeds_done']) != 1 else ''}, {dice}, commit {row['commit']}"
 
 
-def publish_plan(rows: pd.DataFrame, root: Path) -> tuple[list[str], list[str]]:
+class PublishPlan(NamedTuple):
+    """What publishing would do (``changes``, one line per row) and why it may be refused: ``fewer_seeds`` names
+    rows that would replace one with more seeds (allowed with ``replace``), ``conflicts`` the methods that one
+    publish brings in two versions (never allowed, since a board holds one version of each method)."""
+
+    changes: list[str]
+    fewer_seeds: list[str]
+    conflicts: list[str]
+
+
+def publish_plan(rows: pd.DataFrame, root: Path) -> PublishPlan:
     """What publishing ``rows`` into ``root`` would do, one line per row, and the refusals (without overrides)."""
-    changes, refusals = [], []
+    plan = PublishPlan([], [], [])
     for dataset, direction in tracks(rows) if not rows.empty else []:
         board = _csv_path(root, dataset, direction)
         existing = read_leaderboard(board) if board.exists() else None
         current = {} if existing is None else {row_key(r): r for _, r in existing.iterrows()
                                                if r["protocol"] == PROTOCOL}
         incoming = track_rows(rows, dataset, direction)
-        mixed = {m: v for m, v in _versions(incoming).items() if len(v) > 1}
-        if mixed:
-            refusals.append("versions: " + ", ".join(f"{dataset}/{direction} {m} in versions {', '.join(sorted(v))}"
-                                                      for m, v in sorted(mixed.items())))
+        plan.conflicts.extend(f"{dataset}/{direction} {m} in versions {', '.join(sorted(v))}"
+                              for m, v in sorted(_versions(incoming).items()) if len(v) > 1)
         if existing is not None:
             board_rows = existing[existing["protocol"] == PROTOCOL].reset_index(drop=True)
             for (_, old), gone in zip(board_rows.iterrows(), _superseded_mask(board_rows, incoming)):
                 if not gone:
                     continue
-                changes.append(f"supersede {_describe(old)} ({_seeds(old)}): moved to {ARCHIVE}/{PROTOCOL}/"
-                               f"{SUPERSEDED}/{direction}.csv")
+                plan.changes.append(f"supersede {_describe(old)} ({_seeds(old)}): moved to {ARCHIVE}/{PROTOCOL}/"
+                                    f"{SUPERSEDED}/{direction}.csv")
                 like = [n for _, n in incoming.iterrows() if row_key(n)[:-1] == row_key(old)[:-1]]
                 if like and int(like[0]["seeds_done"]) < int(old["seeds_done"]):
-                    refusals.append(f"replace: {_describe(old)} has {int(old['seeds_done'])} seeds published and "
-                                    f"version {like[0]['method_version']} has {int(like[0]['seeds_done'])} in this "
-                                    f"run")
+                    plan.fewer_seeds.append(f"{_describe(old)} has {int(old['seeds_done'])} seeds published and "
+                                            f"version {like[0]['method_version']} has "
+                                            f"{int(like[0]['seeds_done'])} in this run")
         for _, new in incoming.iterrows():
             old = current.get(row_key(new))
             if old is None:
-                changes.append(f"add {_describe(new)} ({_seeds(new)})")
+                plan.changes.append(f"add {_describe(new)} ({_seeds(new)})")
                 continue
-            changes.append(f"replace {_describe(new)}: {_seeds(old)} -> {_seeds(new)}")
+            plan.changes.append(f"replace {_describe(new)}: {_seeds(old)} -> {_seeds(new)}")
             if int(new["seeds_done"]) < int(old["seeds_done"]):
-                refusals.append(f"replace: {_describe(new)} has {int(old['seeds_done'])} seeds published and "
-                                f"{int(new['seeds_done'])} in this run")
-    return changes, refusals
+                plan.fewer_seeds.append(f"{_describe(new)} has {int(old['seeds_done'])} seeds published and "
+                                        f"{int(new['seeds_done'])} in this run")
+    return plan
 
 
 def publish(rows: pd.DataFrame, leaderboards_dir: str | os.PathLike[str], *,
@@ -262,12 +271,12 @@ def publish(rows: pd.DataFrame, leaderboards_dir: str | os.PathLike[str], *,
         raise UsageError(f"Rows scored under an earlier protocol cannot be published, since the boards hold "
                          f"{PROTOCOL} rows and one table never mixes protocols: {named}. Run these trials again "
                          f"with this version of the suite.")
-    changes, refusals = publish_plan(rows, root)
-    for line in changes:
+    plan = publish_plan(rows, root)
+    for line in plan.changes:
         log(("would " if dry_run else "") + line)
     dirty = sorted({_describe(r) + f" (commit {r['commit']})" for _, r in rows.iterrows() if "dirty" in r["commit"]})
-    problems = [r for r in refusals if r.startswith("versions: ")] + ([] if replace else [
-        r for r in refusals if not r.startswith("versions: ")])
+    problems = [f"versions: {c}" for c in plan.conflicts] + ([] if replace else [
+        f"replace: {r}" for r in plan.fewer_seeds])
     if dirty and not allow_dirty:
         problems += [f"dirty: {d}" for d in dirty]
     if problems:
@@ -321,17 +330,15 @@ def _supersede(existing: pd.DataFrame, volumes: pd.DataFrame, incoming: pd.DataF
                direction: str) -> tuple[pd.DataFrame, pd.DataFrame, list[Path]]:
     """Move the board's rows (and per-volume lines) of methods that ``incoming`` publishes in another version to
     the track's archive of superseded versions; returns what stays on the board and the paths written."""
-    mask = _superseded_mask(existing, incoming)
-    if not any(mask):
+    mask = pd.Series(_superseded_mask(existing, incoming), index=existing.index, dtype=bool)
+    if not mask.any():
         return existing, volumes, []
     gone = existing[mask].reset_index(drop=True)
     keys = {row_key(r) for _, r in gone.iterrows()}
-    moving = [row_key(r) in keys for _, r in volumes.iterrows()] if not volumes.empty else []
+    moving = pd.Series([row_key(r) in keys for _, r in volumes.iterrows()], index=volumes.index, dtype=bool)
     archive = _csv_path(root, dataset, direction, PROTOCOL, superseded=True)
     kept = read_leaderboard(archive) if archive.exists() else None
-    archived_volumes = _merge_volumes(volumes[moving] if moving else volumes.iloc[0:0], read_volumes(archive))
+    archived_volumes = _merge_volumes(volumes[moving], read_volumes(archive))
     path = _write_track(_merge_track(gone, kept), root, dataset, direction, PROTOCOL, archived_volumes,
                         superseded=True)
-    stay = [not m for m in moving]
-    return (existing[[not m for m in mask]].reset_index(drop=True),
-            volumes[stay].reset_index(drop=True) if stay else volumes, [path])
+    return existing[~mask].reset_index(drop=True), volumes[~moving].reset_index(drop=True), [path]

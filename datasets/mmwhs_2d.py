@@ -20,6 +20,7 @@ from benchmark.native import Grid
 from benchmark.registry import register_dataset
 
 from ._shared import MMWHS_CLASSES, MMWHS_LABEL_MAP, MMWHS_RAW_LABELS, natural_key
+from ._slice_chains import chain_slices, digest, match_test_slices, subject_chains, thumbnail
 
 FEATURES = ("data_vol", "label_vol", "dsize_dim0", "dsize_dim1", "dsize_dim2", "lsize_dim0", "lsize_dim1",
             "lsize_dim2")
@@ -28,32 +29,9 @@ _LIST = re.compile(r"^(?:(?P<m1>ct|mr)_(?:train|val)_list(?:\.txt)?|(?:training|
 _TEST_NIFTI = re.compile(r"^image_(ct|mr)_(\d{4})\.nii(\.gz)?$", re.IGNORECASE)
 _TEST_NPZ = re.compile(r"(ct|mr)\D{0,16}?(\d{4})\D*\.npz$", re.IGNORECASE)
 
-#: A training slice whose 32x32 thumbnail correlates at least this much with a test slice is that test slice.
-MATCH_CORRELATION = 0.98
-#: A slice chain is a test subject's when at least this fraction of its slices match that subject's slices.
-CHAIN_MATCH_FRACTION = 0.5
 _INVENTORY_VERSION = "1"
 #: The in-plane flip between the release's stored test volumes and its training slices, as a nibabel orientation.
 _TEST_FLIP = ((0, -1), (1, -1), (2, 1))
-
-
-def _digest(*parts: bytes) -> str:
-    h = hashlib.blake2b(digest_size=8)
-    for p in parts:
-        h.update(p)
-    return h.hexdigest()
-
-
-def _thumbnail(slice2d: np.ndarray) -> np.ndarray | None:
-    """A 32x32 z-scored thumbnail scaled so that a dot product of two is their correlation (None if constant)."""
-    import cv2
-
-    small = cv2.resize(np.ascontiguousarray(slice2d, dtype=np.float32), (32, 32), interpolation=cv2.INTER_AREA)
-    small = small.ravel().astype(np.float64)
-    std = small.std()
-    if not np.isfinite(std) or std < 1e-6:
-        return None
-    return ((small - small.mean()) / (std * np.sqrt(small.size))).astype(np.float32)
 
 
 @register_dataset("mmwhs-2d")
@@ -321,16 +299,16 @@ class MMWHS2D(FileDatasetAdapter):
                         continue
                     ch = [np.ascontiguousarray(decoded[0][:, :, c]).tobytes() for c in range(3)]
                     records.append((fi, offset))
-                    fronts.append(_digest(ch[0], ch[1]))
-                    backs.append(_digest(ch[1], ch[2]))
-                    mids.append(_digest(ch[1]))
-                    thumbs.append(_thumbnail(decoded[0][:, :, 1]))
+                    fronts.append(digest(ch[0], ch[1]))
+                    backs.append(digest(ch[1], ch[2]))
+                    mids.append(digest(ch[1]))
+                    thumbs.append(thumbnail(decoded[0][:, :, 1]))
             except DataError as exc:
                 problems.append(str(exc))
         if not files:
             problems.append(f"{self.root}: no {modality.upper()} training TFRecords (no list file such as "
                             f"{modality}_train_list and no {modality}_*.tfrecords file).")
-        chains = self._chain(fronts, backs)
+        chains = chain_slices(fronts, backs)
         dropped, removed = self._leak_check(modality, chains, mids, thumbs)
         kept = {}
         for n, chain in enumerate(chains):
@@ -344,76 +322,17 @@ class MMWHS2D(FileDatasetAdapter):
                 "chain_lengths": [len(c) for c in chains], "dropped": dropped, "removed_slices": others,
                 "problems": problems}
 
-    @staticmethod
-    def _chain(fronts: list[str], backs: list[str]) -> list[list[int]]:
-        """Link record a -> b when a's last two channels equal b's first two; list order breaks ties."""
-        n = len(fronts)
-        by_front: dict[str, list[int]] = defaultdict(list)
-        for i, key in enumerate(fronts):
-            by_front[key].append(i)
-        succ, has_pred = [-1] * n, [False] * n
-        for i in range(n):
-            if i + 1 < n and fronts[i + 1] == backs[i] and not has_pred[i + 1]:
-                best = i + 1
-            else:
-                best = next((j for j in by_front.get(backs[i], []) if j != i and not has_pred[j]), -1)
-            if best >= 0:
-                succ[i], has_pred[best] = best, True
-        chains, seen = [], [False] * n
-        for start in [i for i in range(n) if not has_pred[i]] + list(range(n)):
-            if seen[start]:
-                continue
-            chain, i = [], start
-            while i >= 0 and not seen[i]:
-                seen[i] = True
-                chain.append(i)
-                i = succ[i]
-            chains.append(chain)
-        return chains
-
     def _leak_check(self, modality: str, chains: list[list[int]], mids: list[str],
                     thumbs: list[np.ndarray | None]) -> tuple[dict[str, list], set[int]]:
-        """Which chains are test subjects' (dropped: chain ID -> [subject, fraction]) and which slices match one."""
-        test_ids = self._split_file()[modality]["test"]
-        exact: dict[str, str] = {}
-        test_thumbs, owners = [], []
-        for case_id in test_ids:
+        """Which chains are test subjects' (dropped: chain ID -> [subject, fraction, length]) and which slices
+        match one; an unreadable test volume cannot be matched (validate reports it)."""
+        volumes = {}
+        for case_id in self._split_file()[modality]["test"]:
             read = self._read_test(modality, case_id, [])
-            if read is None:
-                continue  # validate reports it; an unreadable test volume cannot be matched
-            image = read[0]
-            for k in range(image.shape[2]):
-                sl = np.ascontiguousarray(image[:, :, k])
-                exact[_digest(sl.astype("<f4").tobytes())] = case_id
-                t = _thumbnail(sl)
-                if t is not None:
-                    test_thumbs.append(t)
-                    owners.append(case_id)
-        match: dict[int, str] = {}
-        for i, key in enumerate(mids):
-            if key in exact:
-                match[i] = exact[key]
-        if test_thumbs:
-            idx = [i for i, t in enumerate(thumbs) if t is not None and i not in match]
-            bank = np.stack(test_thumbs)
-            for start in range(0, len(idx), 2048):
-                part = idx[start:start + 2048]
-                corr = np.stack([thumbs[i] for i in part]) @ bank.T
-                best = corr.argmax(axis=1)
-                for i, b, c in zip(part, best, corr[np.arange(len(part)), best]):
-                    if c >= MATCH_CORRELATION:
-                        match[i] = owners[int(b)]
-        dropped = {}
-        for n, chain in enumerate(chains):
-            votes: dict[str, int] = defaultdict(int)
-            for i in chain:
-                if i in match:
-                    votes[match[i]] += 1
-            if votes:
-                subject, count = max(votes.items(), key=lambda kv: kv[1])
-                if count >= CHAIN_MATCH_FRACTION * len(chain):
-                    dropped[f"chain{n:03d}"] = [subject, round(count / len(chain), 3), len(chain)]
-        return dropped, set(match)
+            if read is not None:
+                volumes[case_id] = read[0]
+        match = match_test_slices(mids, thumbs, volumes)
+        return subject_chains(chains, match), set(match)
 
     # -- the adapter contract ----------------------------------------------------------------------------------
     def _split_file(self) -> dict[str, dict[str, list[str]]]:

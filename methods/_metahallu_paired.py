@@ -148,6 +148,16 @@ class PairedMetaStep:
         h_grads = [torch.zeros_like(q) if g is None else g for q, g in zip(h_params, h_out)]
         return seg_grads, h_grads
 
+    def apply_gradients(self, seg_grads, h_grads) -> None:
+        """Set the segmenter's and the hallucinator's gradients and step both optimizers (both versions' step)."""
+        for p, g in zip(self.segmenter.parameters(), seg_grads):
+            p.grad = g
+        for q, g in zip(self.hallucinator.parameters(), h_grads):
+            q.grad = g
+        opt_seg, opt_h = self.optimizers[:2]
+        opt_seg.step()
+        opt_h.step()
+
     def paired_update(self, batch, step: int) -> dict[str, float]:
         """One training step: objectives, gradients, both optimizers, the teacher's EMA."""
         hp = self.hparams
@@ -156,13 +166,7 @@ class PairedMetaStep:
             weight = hp["consistency_weight"] * sigmoid_rampup(step, int(hp["rampup"] * self.ctx.total_steps))
         obj = self.paired_objectives(*self.pairs(batch), weight)
         seg_grads, h_grads = self.paired_gradients(obj)
-        opt_seg, opt_h = self.optimizers
-        for p, g in zip(self.segmenter.parameters(), seg_grads):
-            p.grad = g
-        for q, g in zip(self.hallucinator.parameters(), h_grads):
-            q.grad = g
-        opt_seg.step()
-        opt_h.step()
+        self.apply_gradients(seg_grads, h_grads)
         self.teacher.update(self.segmenter, step)
         losses = {"meta_train": obj["meta_train"].item(), "meta_test": obj["meta_test"].item(),
                   "supervised": obj["supervised"].item(), "trans": obj["trans_a"].item(),

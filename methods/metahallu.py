@@ -264,15 +264,8 @@ class MetaHallucinator(PairedMetaStep, SegmenterMethod):
 
     def _meta_step(self, xa, ya, xb, yb, xt_view, cons_target, weight):
         """Meta on: one inner step, then both networks take their outer step."""
-        opt_seg, opt_h = self.optimizers
         obj = self.meta_objectives(xa, ya, xb, yb, xt_view, cons_target, weight)
-        seg_grads, h_grads = self.meta_gradients(obj)
-        for p, g in zip(self.segmenter.parameters(), seg_grads):
-            p.grad = g
-        for q, g in zip(self.hallucinator.parameters(), h_grads):
-            q.grad = g
-        opt_seg.step()
-        opt_h.step()
+        self.apply_gradients(*self.meta_gradients(obj))
         losses = {"meta_train": obj["meta_train"].item(), "meta_test": obj["meta_test"].item(),
                   "supervised": obj["supervised"].item(), "regulariser": obj["regulariser"].item()}
         if obj["consistency"] is not None:
