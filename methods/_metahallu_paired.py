@@ -74,7 +74,7 @@ class PairedMetaStep:
             teacher_s = self.teacher(xb).softmax(1)
             teacher_t = self.teacher(tb).softmax(1)
         hal_t = self._hallucinate(psi, tb, tb.roll(1, 0))
-        image_t = hal_t.image if self.hparams["meta"] else hal_t.image.detach()
+        image_t = hal_t.image if self.hparams["meta"] and self.hparams["psi_pixels"] else hal_t.image.detach()
         if hal_b.displacement is not None:
             teacher_s = warp(teacher_s, hal_b.displacement.detach())
         if hal_t.displacement is not None:
@@ -110,7 +110,9 @@ class PairedMetaStep:
             fast_psi = self._inner_psi(psi, all_grads[len(seg):], trans_a)
         hal_b = self._hallucinate(fast_psi, xb, tb, yb)
         trans_b, _ = self.trans_loss(hal_b, tb)
-        image_b, soft_b = (hal_b.image, hal_b.soft_label) if meta else (hal_b.image.detach(), hal_b.soft_label.detach())
+        pixels = meta and hp["psi_pixels"]
+        image_b, soft_b = ((hal_b.image, hal_b.soft_label) if pixels
+                           else (hal_b.image.detach(), hal_b.soft_label.detach()))
         logits_b = functional_call(self.segmenter, fast, (image_b,))
         supervised = dice_ce_loss(logits_b, soft_b, hp["dice_weight"])
         cons = self._consistency(fast, fast_psi, xb, logits_b, hal_b, tb) if hp["consistency"] else None
@@ -124,8 +126,10 @@ class PairedMetaStep:
 
         ``meta`` on: theta gets the meta-train gradient plus that of ``meta_test_weight`` times the meta-test
         objective through theta'; psi gets that of ``meta_test_weight`` times (meta-test objective + L_trans at
-        psi') through theta' and psi'. ``meta`` off: theta gets the gradient of meta-train plus weighted meta-test
-        losses at theta, psi that of L_trans on both halves (its images reach the segmenter detached).
+        psi') through theta' and psi' (the meta-test objective reaches psi through theta' only, unless
+        ``psi_pixels``: then also through the meta-test hallucinations). ``meta`` off: theta gets the gradient of
+        meta-train plus weighted meta-test losses at theta, psi that of L_trans on both halves (its images reach
+        the segmenter detached).
         """
         hp = self.hparams
         seg_params = list(self.segmenter.parameters())

@@ -47,6 +47,10 @@ class MetaHallucinator(PairedMetaStep, SegmenterMethod):
       the second halves of the source and target batches; theta descends the meta-train L_seg plus
       ``meta_test_weight`` times that objective at theta' (MLDG, Li et al., AAAI 2018), psi the same objective
       and L_trans at psi', through both inner steps; second order, ``first_order`` drops the Hessian terms.
+      As drawn, the meta-test L_seg and L_con reach psi through theta' and through the pixels of the meta-test
+      hallucinations; the second path rewards hallucinations that are merely easy for theta'. ``psi_pixels`` off
+      keeps only the first: psi is then judged by how much training on its meta-train hallucination helped theta'
+      (the abstract's "examples that lead to good segmentation performance").
     * L_con (figure: the EMA teacher on meta-test images, its prediction through psi', against the student on the
       hallucinated input): on source and on target meta-test images (a target image is hallucinated towards
       another target image of the batch), the teacher's probabilities warped by the same deformation, mean
@@ -79,6 +83,8 @@ class MetaHallucinator(PairedMetaStep, SegmenterMethod):
         "first_order": HParam(False, None, "first-order meta-gradient (MAML-FO)"),
         "psi_seg_hessian": HParam(True, None, "differentiate through grad_psi L_seg of psi's inner step (off: it "
                                               "is a constant of the step)"),
+        "psi_pixels": HParam(True, None, "psi descends the meta-test L_seg and L_con through the pixels of its "
+                                         "meta-test hallucinations too (off: only through theta')"),
         # meta-learning
         "inner_lr": HParam(0.01, log_uniform(1e-3, 1e-1), "SGD learning rate of the functional inner step"),
         "h_inner_lr": HParam(0.01, log_uniform(1e-3, 1e-1), "SGD learning rate of psi's inner step (paired)"),

@@ -189,7 +189,8 @@ def _outer(method, batch, psi: dict[str, torch.Tensor]) -> torch.Tensor:
 def test_meta_gradient_of_psi_matches_finite_differences():
     # L_con's teacher targets and L_trans' intensity MSE hold the deformation fixed by design (stop-gradients a
     # finite difference cannot see), so they are off here; every other path of the outer objective is exact
-    m = build("metahallu", psi_seg_hessian=True, inner_lr=0.1, h_inner_lr=0.1, consistency=False,
+    # psi_pixels: the whole meta-test objective reaches psi, so a finite difference of it is the reference
+    m = build("metahallu", psi_seg_hessian=True, psi_pixels=True, inner_lr=0.1, h_inner_lr=0.1, consistency=False,
               intensity_weight=0.0).double()
     batch = make_batch(0, blobs=True, inverted_target=True)
     for name in ("source_x", "target_x"):
@@ -210,6 +211,22 @@ def test_meta_gradient_of_psi_matches_finite_differences():
     _, approx = m.paired_gradients(objectives(m, batch, torch_seed=3))
     assert sum(float((gr * direction[k]).sum()) for (k, _), gr in zip(psi.items(), approx)) != pytest.approx(
         numeric, rel=1e-6)
+
+
+@pytest.mark.parametrize("consistency", [False, True])
+def test_meta_test_reaches_psi_through_theta_prime_only_unless_psi_pixels(consistency):
+    # with theta' = theta (inner_lr 0) and no L_trans terms, psi's only outer signal would be the meta-test
+    # objective through the pixels of its meta-test hallucinations: none by default, some with psi_pixels
+    common = dict(inner_lr=0.0, trans_loss=False, smooth_weight=0.0, appearance_smooth_weight=0.0,
+                  consistency=consistency, rampup=0.0)
+    norms = {}
+    for pixels in (False, True):
+        m = build("metahallu", psi_pixels=pixels, **common)
+        obj = objectives(m)
+        assert float(obj["meta_test"].detach()) > 0
+        _, h_grads = m.paired_gradients(obj)
+        norms[pixels] = sum(float(g.abs().sum()) for g in h_grads)
+    assert norms[False] == 0.0 and norms[True] > 0.0
 
 
 def test_first_order_keeps_psi_learning_with_another_gradient():
