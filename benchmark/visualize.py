@@ -1,12 +1,15 @@
 """``python -m benchmark visualize``: a PNG grid of what a finished trial's model does, for a researcher to look at.
 
 One row per example. Columns: a labeled source slice with its label contours; for a method that exposes
-``hallucinate`` (``metahallu``) the hallucination with its warped label contours (for the paired hallucinator,
-hallucinated towards the target slice of the same row) and the transform (the sampling grid over the gain or
-additive field); for one that exposes ``translate`` (``cyclegan_uda``, ``sifa_lite``) the translated
-source slice with the source label; then a target test slice with the model's predicted contours and the same
-slice with the ground-truth contours. The weights are the trial's final weights (``model.pt`` in its directory of
-the results store), so a figure shows exactly the model the leaderboard scored.
+``hallucinate`` (``metahallu``) the hallucination of the trial's initial hallucinator (step 0: the same seeded
+initialisation, rebuilt), the trained hallucination with its warped label contours (for the paired hallucinator,
+both hallucinated towards the target slice of the same row) and the transform (the sampling grid over the gain or
+additive field), so a reader sees what training changed; for one that exposes ``translate`` (``cyclegan_uda``,
+``sifa_lite``) the translated source slice with the source label; then a target test slice with the model's
+predicted contours and the same slice with the ground-truth contours. Source and hallucination panels name their
+intensity distribution's 1-Wasserstein distance to that target slice (label-free: lower is more target-like). The
+weights are the trial's final weights (``model.pt`` in its directory of the results store), so a figure shows
+exactly the model the leaderboard scored.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import scipy.stats
 import torch
 
 from . import registry
@@ -178,9 +182,25 @@ def _sampling_grid(ax, displacement: np.ndarray | None, gain: np.ndarray | None,
         ax.set_title(title, fontsize=8)
 
 
+def _w1(ax, image: np.ndarray, reference: np.ndarray) -> None:
+    """Write the intensity 1-Wasserstein distance of ``image`` to ``reference`` in a panel's corner."""
+    w1 = scipy.stats.wasserstein_distance(image.ravel(), reference.ravel())
+    ax.text(0.03, 0.03, f"W1 {w1:.2f}", transform=ax.transAxes, fontsize=7, color="yellow", va="bottom")
+
+
+def initial_method(spec: TrialSpec, adapter, cache, device: torch.device | str = "cpu"):
+    """The trial's method as it was at step 0: built after the same seeding as the trainer's (eval mode)."""
+    torch.manual_seed(derive_seed("init", spec.seed))
+    method = build_method(spec, method_context(spec, adapter, cache, torch.device(device))).to(device)
+    return method.eval()
+
+
 def render(method, spec: TrialSpec, adapter, cache, path: Path, rows: int = 4,
-           summary: dict[str, Any] | None = None) -> tuple[str, ...]:
-    """Draw the grid for ``method`` (already loaded, in eval mode) into ``path``; returns the column titles."""
+           summary: dict[str, Any] | None = None, initial=None) -> tuple[str, ...]:
+    """Draw the grid for ``method`` (already loaded, in eval mode) into ``path``; returns the column titles.
+
+    ``initial``: the method at step 0 (:func:`initial_method`), whose hallucination is drawn beside the trained
+    one; built here when the method hallucinates and none is given."""
     os.environ.setdefault("MPLBACKEND", "Agg")
     import matplotlib
 
@@ -202,11 +222,15 @@ def render(method, spec: TrialSpec, adapter, cache, path: Path, rows: int = 4,
     columns = [f"source ({source}) + label"]
     torch.manual_seed(derive_seed("visualize", spec.seed))
     with torch.no_grad():
-        hal = trans = None
+        hal = hal0 = trans = None
         if hasattr(method, "hallucinate"):
+            initial = initial_method(spec, adapter, cache, device) if initial is None else initial
+            torch.manual_seed(derive_seed("visualize", spec.seed))
+            hal0 = initial.hallucinate(xs, ys, reference=xt)
+            torch.manual_seed(derive_seed("visualize", spec.seed))  # the same random codes as at step 0
             hal = method.hallucinate(xs, ys, reference=xt)
             field = "gain" if hal.gain is not None else "bias"
-            columns += ["hallucination + warped label", f"sampling grid over {field}"]
+            columns += ["hallucination at step 0", "hallucination + warped label", f"sampling grid over {field}"]
         elif hasattr(method, "translate"):
             trans = method.translate(xs)
             columns += [f"translated to {target} + label"]
@@ -226,11 +250,15 @@ def render(method, spec: TrialSpec, adapter, cache, path: Path, rows: int = 4,
 
         _show(axes[r, c], src[r][0], title(columns[c]), vmin, vmax)
         _contours(axes[r, c], src[r][1], num_classes)
+        if hal is not None:
+            _w1(axes[r, c], src[r][0], tgt[r][0])
         c += 1
         if hal is not None:
-            _show(axes[r, c], hal.image[r, 0].cpu().numpy(), title(columns[c]), vmin, vmax)
-            _contours(axes[r, c], hal.label[r].cpu().numpy(), num_classes)
-            c += 1
+            for h in (hal0, hal):
+                _show(axes[r, c], h.image[r, 0].cpu().numpy(), title(columns[c]), vmin, vmax)
+                _w1(axes[r, c], h.image[r, 0].cpu().numpy(), tgt[r][0])
+                c += 1
+            _contours(axes[r, c - 1], hal.label[r].cpu().numpy(), num_classes)
             disp = None if hal.displacement is None else hal.displacement[r].cpu().numpy()
             # an additive field is drawn as 1 + bias, on the gain's colour scale
             field = hal.gain if hal.gain is not None else None if hal.bias is None else 1 + hal.bias
@@ -276,4 +304,4 @@ def visualize(out: str | Path, method: str | None = None, *, trial_id: str | Non
     return Figure(path, rows, columns, spec.trial_id)
 
 
-__all__ = ["Figure", "find_trial", "load_trial_method", "render", "visualize"]
+__all__ = ["Figure", "find_trial", "initial_method", "load_trial_method", "render", "visualize"]
