@@ -195,6 +195,27 @@ def initial_method(spec: TrialSpec, adapter, cache, device: torch.device | str =
     return method.eval()
 
 
+def _outputs(method, initial, spec: TrialSpec, adapter, cache, xs, ys, xt, target: str):
+    """The model's panels: (their column titles, step-0 and trained hallucinations, translation, prediction)."""
+    columns: list[str] = []
+    torch.manual_seed(derive_seed("visualize", spec.seed))
+    with torch.no_grad():
+        hal = hal0 = trans = None
+        if hasattr(method, "hallucinate"):
+            initial = initial_method(spec, adapter, cache, xs.device) if initial is None else initial
+            torch.manual_seed(derive_seed("visualize", spec.seed))
+            hal0 = initial.hallucinate(xs, ys, reference=xt)
+            torch.manual_seed(derive_seed("visualize", spec.seed))  # the same random codes as at step 0
+            hal = method.hallucinate(xs, ys, reference=xt)
+            field = "gain" if hal.gain is not None else "bias"
+            columns += ["hallucination at step 0", "hallucination + warped label", f"sampling grid over {field}"]
+        elif hasattr(method, "translate"):
+            trans = method.translate(xs)
+            columns += [f"translated to {target} + label"]
+        pred = method.infer(xt).argmax(1).cpu().numpy()
+    return columns, hal0, hal, trans, pred
+
+
 def render(method, spec: TrialSpec, adapter, cache, path: Path, rows: int = 4,
            summary: dict[str, Any] | None = None, initial=None) -> tuple[str, ...]:
     """Draw the grid for ``method`` (already loaded, in eval mode) into ``path``; returns the column titles.
@@ -219,22 +240,8 @@ def render(method, spec: TrialSpec, adapter, cache, path: Path, rows: int = 4,
     ys = torch.from_numpy(np.stack([s[1] for s in src]).astype(np.int64)).to(device)
     xt = torch.from_numpy(np.stack([t[0] for t in tgt]))[:, None].to(device)
 
-    columns = [f"source ({source}) + label"]
-    torch.manual_seed(derive_seed("visualize", spec.seed))
-    with torch.no_grad():
-        hal = hal0 = trans = None
-        if hasattr(method, "hallucinate"):
-            initial = initial_method(spec, adapter, cache, device) if initial is None else initial
-            torch.manual_seed(derive_seed("visualize", spec.seed))
-            hal0 = initial.hallucinate(xs, ys, reference=xt)
-            torch.manual_seed(derive_seed("visualize", spec.seed))  # the same random codes as at step 0
-            hal = method.hallucinate(xs, ys, reference=xt)
-            field = "gain" if hal.gain is not None else "bias"
-            columns += ["hallucination at step 0", "hallucination + warped label", f"sampling grid over {field}"]
-        elif hasattr(method, "translate"):
-            trans = method.translate(xs)
-            columns += [f"translated to {target} + label"]
-        pred = method.infer(xt).argmax(1).cpu().numpy()
+    middle, hal0, hal, trans, pred = _outputs(method, initial, spec, adapter, cache, xs, ys, xt, target)
+    columns = [f"source ({source}) + label", *middle]
     columns += [f"target ({target}) prediction", f"target ({target}) ground truth"]
 
     images = [xs.cpu().numpy()[:, 0], xt.cpu().numpy()[:, 0]]
