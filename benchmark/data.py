@@ -10,6 +10,7 @@ and keeps a stream's batches independent of which other streams a method asks fo
 from __future__ import annotations
 
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
@@ -81,3 +82,52 @@ class BatchSampler:
                 res = self.augment(image=images[i], mask=labels[i])
                 out_x[i], out_y[i] = res["image"], res["mask"]
         return out_x, out_y
+
+
+class Prefetcher:
+    """The batches of steps ``start, start + 1, ...`` drawn ``depth`` steps ahead of the loop in a background thread.
+
+    The sampler's step ``t`` depends only on ``(seed, t, stream)`` and one worker thread is its only caller, so
+    every batch is the one :meth:`BatchSampler.batch` returns for that step, with or without prefetching; the
+    thread touches no torch random state (the loop's per-step seeding is unchanged). ``pin_memory`` pins each batch
+    for an asynchronous copy to a GPU. ``depth=0`` draws in the caller's thread. Use it as a context manager: on
+    exit the pending draws are cancelled and the thread is joined, also when the loop raised.
+    """
+
+    def __init__(self, sampler: BatchSampler, start: int, total: int, depth: int = 2, pin_memory: bool = False):
+        if depth < 0:
+            raise ValueError(f"prefetch depth must be at least 0, not {depth}.")
+        self.sampler, self.total, self.depth, self.pin_memory = sampler, total, depth, pin_memory
+        self._next = start
+        self._pending: dict[int, Future] = {}
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="fsuda-batches") if depth else None
+
+    def _draw(self, step: int) -> Batch:
+        batch = self.sampler.batch(step)
+        if self.pin_memory:
+            batch = Batch(**{k: (None if v is None else v.pin_memory()) for k, v in vars(batch).items()})
+        return batch
+
+    def batch(self, step: int) -> Batch:
+        """The batch of ``step`` (steps are asked for in order); queues the next ``depth`` steps' draws."""
+        if self._pool is None:
+            return self._draw(step)
+        for stale in [k for k in self._pending if k < step]:
+            self._pending.pop(stale).cancel()
+        self._next = max(self._next, step)
+        while self._next < min(step + 1 + self.depth, self.total):
+            self._pending[self._next] = self._pool.submit(self._draw, self._next)
+            self._next += 1
+        future = self._pending.pop(step, None)
+        return self._draw(step) if future is None else future.result()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pending.clear()
+
+    def __enter__(self) -> "Prefetcher":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

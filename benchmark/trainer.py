@@ -23,7 +23,7 @@ import torch
 
 from . import registry
 from .cache import PreprocessSettings, SliceCache, prepare
-from .data import BatchSampler
+from .data import BatchSampler, Prefetcher
 from .errors import TrialDiverged
 from .io import atomic_write_bytes, load_tensors
 from .method import Method, MethodContext
@@ -40,6 +40,15 @@ FINAL_WEIGHTS = "model.pt"
 Reporter = Callable[[dict[str, Any]], None]
 #: Between logged steps, a trial reports its step at most this often (a heartbeat for the live display).
 PROGRESS_EVERY_S = 2.0
+#: Batches drawn ahead of the step on a GPU, in a background thread. None on CPU, where a trial is given one core
+#: and a drawing thread would only take time from the step (or from another trial's core).
+PREFETCH_CUDA = 2
+
+
+def input_pipeline(device: torch.device) -> dict[str, Any]:
+    """How a trial on ``device`` draws its batches: ``prefetch`` steps ahead, ``pin_memory`` for the copy."""
+    cuda = device.type == "cuda"
+    return {"prefetch": PREFETCH_CUDA if cuda else 0, "pin_memory": cuda}
 
 
 def lr_lambda(warmup: int, total: int, start: int = 0) -> Callable[[int], float]:
@@ -160,10 +169,12 @@ def _resume(path: Path, method: Method, schedulers: list, device: torch.device) 
 
 
 def train(spec: TrialSpec, method: Method, sampler: BatchSampler, trial_dir: Path, device: torch.device, *,
-          report: Reporter | None = None, log: Callable[[str], None] = print) -> tuple[dict[str, float], float]:
+          report: Reporter | None = None, log: Callable[[str], None] = print,
+          pipeline: dict[str, Any] | None = None) -> tuple[dict[str, float], float]:
     """Run (or resume) the training loop of a trial; returns the last step's losses and the training seconds.
 
-    Step ``t`` re-seeds torch from ``(seed, t)`` and draws its batch from the sampler's step ``t``; a checkpoint is
+    Step ``t`` re-seeds torch from ``(seed, t)`` and draws its batch from the sampler's step ``t`` (``pipeline``,
+    default :func:`input_pipeline`: drawn ahead in a background thread on a GPU, the same batches); a checkpoint is
     written atomically every ``checkpoint_every`` steps, so an interrupted trial resumes exactly where it stopped.
     Every ``log_every`` steps it logs a step line and reports ``{"step", "total_steps", "timesteps_total", losses}``;
     in between (and once before the first step) it reports its step alone, flagged as a heartbeat, at most every
@@ -179,31 +190,33 @@ def train(spec: TrialSpec, method: Method, sampler: BatchSampler, trial_dir: Pat
     t_train = time.perf_counter()
     losses: dict[str, float] = {}
     last_report = _report_step(report, start, total, None)
-    for step in range(start, total):
-        torch.manual_seed(derive_seed("step", spec.seed, step))
-        batch: Batch = sampler.batch(step).to(device)
-        method.train()
-        losses = method.train_step(batch, step)
-        bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
-        if bad:
-            raise TrialDiverged(
-                f"Trial {spec.label} diverged: loss {', '.join(f'{k}={v}' for k, v in bad.items())} at step "
-                f"{step}. Lower the learning rate or check the method's losses.")
-        with warnings.catch_warnings():
-            # multi-stage methods leave some optimizers idle for a while; every schedule follows the global step
-            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)`")
-            for sch in schedulers:
-                sch.step()
-        done = step + 1
-        elapsed = train_s + time.perf_counter() - t_train
-        if done % settings["checkpoint_every"] == 0 and done < total:
-            _save_checkpoint(ckpt_path, method, schedulers, done, elapsed)
-        if done % settings["log_every"] == 0 or done == total:
-            log(f"[{spec.label}] step {done}/{total} " + " ".join(f"{k}={v:.4f}" for k, v in losses.items())
-                + f" ({elapsed:.0f}s)")
-            last_report = _report_step(report, done, total, losses)
-        elif time.monotonic() - last_report >= PROGRESS_EVERY_S:
-            last_report = _report_step(report, done, total, None)
+    pipeline = input_pipeline(device) if pipeline is None else pipeline
+    with Prefetcher(sampler, start, total, pipeline["prefetch"], pipeline["pin_memory"]) as batches:
+        for step in range(start, total):
+            torch.manual_seed(derive_seed("step", spec.seed, step))
+            batch: Batch = batches.batch(step).to(device)
+            method.train()
+            losses = method.train_step(batch, step)
+            bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
+            if bad:
+                raise TrialDiverged(
+                    f"Trial {spec.label} diverged: loss {', '.join(f'{k}={v}' for k, v in bad.items())} at step "
+                    f"{step}. Lower the learning rate or check the method's losses.")
+            with warnings.catch_warnings():
+                # multi-stage methods leave some optimizers idle for a while; every schedule follows the global step
+                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)`")
+                for sch in schedulers:
+                    sch.step()
+            done = step + 1
+            elapsed = train_s + time.perf_counter() - t_train
+            if done % settings["checkpoint_every"] == 0 and done < total:
+                _save_checkpoint(ckpt_path, method, schedulers, done, elapsed)
+            if done % settings["log_every"] == 0 or done == total:
+                log(f"[{spec.label}] step {done}/{total} " + " ".join(f"{k}={v:.4f}" for k, v in losses.items())
+                    + f" ({elapsed:.0f}s)")
+                last_report = _report_step(report, done, total, losses)
+            elif time.monotonic() - last_report >= PROGRESS_EVERY_S:
+                last_report = _report_step(report, done, total, None)
     return losses, train_s + time.perf_counter() - t_train
 
 
@@ -245,7 +258,8 @@ def run_trial(spec: TrialSpec, trial_dir: Path, *, device: torch.device | str = 
     torch.manual_seed(derive_seed("init", spec.seed))
     method = build_method(spec, method_context(spec, adapter, cache, device)).to(device)
 
-    losses, train_s = train(spec, method, sampler, trial_dir, device, report=report, log=log)
+    pipeline = input_pipeline(device)
+    losses, train_s = train(spec, method, sampler, trial_dir, device, report=report, log=log, pipeline=pipeline)
     _atomic_torch_save({"method": method.state_dict(), "step": int(method.total_steps)},
                        Path(trial_dir) / FINAL_WEIGHTS)
 
@@ -258,6 +272,6 @@ def run_trial(spec: TrialSpec, trial_dir: Path, *, device: torch.device | str = 
     return {"structures": structures, "volumes": volumes, "summary": summary, "final_losses": losses,
             "timing": {"train_s": round(train_s, 3), "eval_s": round(eval_s, 3),
                        "total_s": round(time.perf_counter() - t0, 3)},
-            "device": str(device), "determinism": determinism_settings(device),
+            "device": str(device), "determinism": determinism_settings(device), "input_pipeline": pipeline,
             "labeled_volumes": {name: {"modality": s.modality, "cases": list(s.cases)}
                                 for name, s in streams.items() if s.labeled}}

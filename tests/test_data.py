@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 
+import threading
+
 import numpy as np
 import pytest
+import torch
 
 import benchmark
 from benchmark import cache as cache_mod
 from benchmark.cache import PreprocessSettings, SliceCache, cache_path, prepare
-from benchmark.data import BatchSampler
+from benchmark.data import BatchSampler, Prefetcher
 from benchmark.streams import Stream, build_streams
 from benchmark.protocol import TrialSpec
 
@@ -126,3 +129,37 @@ def test_streams_are_independent_of_each_other(adapter, cache):
 def test_unknown_stream_is_rejected(cache):
     with pytest.raises(ValueError, match="Unknown stream 'bogus'"):
         BatchSampler(cache, {"bogus": Stream("mr", ["000"], True)}, batch_size=2, seed=0)
+
+
+def _same_batch(a, b) -> bool:
+    return all((x is None and y is None) or (x is not None and y is not None and torch.equal(x, y))
+               for x, y in zip(vars(a).values(), vars(b).values()))
+
+
+@pytest.mark.parametrize("depth", [0, 1, 3])
+def test_prefetching_changes_no_batch(adapter, cache, depth):
+    spec = TrialSpec(dataset="synthetic-heart", direction="mr2ct", method="x", shots=4, seed=3, preset="quick")
+    sampler = BatchSampler(cache, build_streams(adapter, spec, ("source", "target")), batch_size=4, seed=3)
+    direct = [sampler.batch(step) for step in range(50)]
+    threads = threading.active_count()
+    with Prefetcher(sampler, 0, 50, depth) as batches:
+        ahead = [batches.batch(step) for step in range(50)]
+        assert threading.active_count() == threads + (depth > 0)
+    assert threading.active_count() == threads  # the drawing thread is joined on exit
+    assert all(_same_batch(a, b) for a, b in zip(direct, ahead))
+    # a resumed loop starts further on and gets that step's batches
+    with Prefetcher(sampler, 20, 50, depth) as batches:
+        assert all(_same_batch(direct[step], batches.batch(step)) for step in range(20, 30))
+
+
+def test_prefetcher_joins_its_thread_when_the_loop_raises(adapter, cache):
+    spec = TrialSpec(dataset="synthetic-heart", direction="mr2ct", method="x", shots=1, seed=0, preset="quick")
+    sampler = BatchSampler(cache, build_streams(adapter, spec, ("source",)), batch_size=2, seed=0)
+    threads = threading.active_count()
+    with pytest.raises(KeyboardInterrupt):
+        with Prefetcher(sampler, 0, 100, 4) as batches:
+            batches.batch(0)
+            raise KeyboardInterrupt
+    assert threading.active_count() == threads
+    with pytest.raises(ValueError, match="prefetch depth must be at least 0, not -1"):
+        Prefetcher(sampler, 0, 10, -1)

@@ -56,6 +56,24 @@ def test_same_seed_same_numbers_and_resume_is_exact(tmp_path):
     assert resumed["summary"] == a["summary"] and resumed["final_losses"] == a["final_losses"]
 
 
+def test_prefetching_changes_no_number(tmp_path, monkeypatch):
+    # the GPU's input pipeline (batches drawn ahead in a thread), forced on the CPU: the same trial, bit for bit
+    from benchmark import trainer
+
+    spec = make_spec("metahallu", steps=4)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    plain = run_trial(spec, tmp_path / "a", log=lambda s: None)
+    assert plain["input_pipeline"] == {"prefetch": 0, "pin_memory": False}
+    monkeypatch.setattr(trainer, "input_pipeline", lambda device: {"prefetch": 3, "pin_memory": False})
+    ahead = run_trial(spec, tmp_path / "b", log=lambda s: None)
+    assert ahead["input_pipeline"]["prefetch"] == 3
+    assert ahead["final_losses"] == plain["final_losses"] and ahead["summary"] == plain["summary"]
+    a = torch.load(tmp_path / "a" / trainer.FINAL_WEIGHTS, weights_only=True)["method"]
+    b = torch.load(tmp_path / "b" / trainer.FINAL_WEIGHTS, weights_only=True)["method"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_different_seed_gives_different_weights(tmp_path):
     r0 = run_trial(make_spec(steps=2, seed=0), tmp_path, log=lambda s: None)
     r1 = run_trial(make_spec(steps=2, seed=1), tmp_path, log=lambda s: None)
