@@ -136,6 +136,10 @@ def _add_run_parser(sub, presets: str) -> None:
     r.add_argument("--gpus-per-trial", default="auto",
                    help="GPUs Ray reserves for each trial: auto (one when the cluster has GPUs, else none), or a "
                         "number; fractions share one GPU, e.g. 0.25")
+    r.add_argument("--precision", default="auto", metavar="{auto,fp32,bf16}",
+                   help="the training step's precision: auto (bfloat16 autocast on a GPU that supports it, float32 "
+                        "otherwise), fp32, or bf16 (on a CPU too, slowly without bfloat16 instructions); a method "
+                        "with second-order gradients trains in float32 and says so")
     r.add_argument("--address", default=None, help="an existing Ray cluster (default: RAY_ADDRESS or a local Ray)")
     r.add_argument("--retry-failed", action="store_true", help="run failed trials again")
     r.add_argument("--dry-run", action="store_true", help="print the plan and stop")
@@ -168,7 +172,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError(f"--steps {args.steps} is impossible: train for at least one step.")
     specs = build_grid(dataset=args.dataset, methods=args.methods, shots=args.shots, directions=args.directions,
                        seeds=args.seeds, preset=args.preset, hparam_samples=args.hparam_samples,
-                       data_root=args.data_root, preset_overrides={"steps": args.steps})
+                       data_root=args.data_root, preset_overrides={"steps": args.steps}, precision=args.precision)
     out = Path(args.out)
     store = ResultsStore(out)
     states = [store.status(s) for s in specs]

@@ -88,6 +88,9 @@ class Method(nn.Module):
 
     #: The labeled stream plug-ins learn from (images ``<stream>_x``, labels ``<stream>_y`` of the batch).
     labeled_stream: ClassVar[str] = "source"
+    #: Whether the training step may run under bfloat16 autocast (:mod:`benchmark.precision`); False for a step
+    #: that differentiates through its own gradients, which then trains in float32 under any ``--precision``.
+    mixed_precision: ClassVar[bool] = True
 
     def __init__(self, ctx: MethodContext, hparams: dict[str, Any]):
         super().__init__()

@@ -112,12 +112,15 @@ class TrialSpec:
     #: Plug-ins composed with the method, in order: ``{"name", "version", "hparams"}`` and, when set, ``"variant"``
     #: (the plug-in's command-line settings) and ``"provenance"`` (e.g. the version of the texts it reads).
     plugins: list[dict[str, Any]] = field(default_factory=list)
+    #: The training step's requested precision (:mod:`benchmark.precision`); ``auto`` follows the device.
+    precision: str = "auto"
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        # fields added later are left out while empty, so that trials without them keep the hashes they always had
-        for key in ("variant", "plugins"):
-            if not d[key]:
+        # fields added later are left out at their defaults, so that trials without them keep the hashes they
+        # always had
+        for key, default in (("variant", ""), ("plugins", []), ("precision", "auto")):
+            if d[key] == default:
                 del d[key]
         return d
 

@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterator, Sequence
 from . import registry
 from .errors import UsageError
 from .hparams import resolve
+from .precision import parse_precision
 from .presets import get_preset
 from .progress import TRIAL_LOG, RunDisplay, TrialLog, append_log_line
 from .protocol import (SELECTION_POLICIES, TrialSpec, format_variant, parse_direction, parse_method_entry,
@@ -46,8 +47,10 @@ MAX_RAY_TEMP_LEN = 36
 def build_grid(*, dataset: str, methods: Sequence[str], shots: Sequence[int | str], directions: Sequence[str] | None,
                seeds: Sequence[int], preset: str, hparam_samples: Sequence[int] = (0,),
                data_root: str | None = None, preset_overrides: dict[str, Any] | None = None,
-               hparam_overrides: dict[str, Any] | None = None) -> list[TrialSpec]:
-    """Every trial of a run, validated: unknown names and impossible shot counts fail before anything runs."""
+               hparam_overrides: dict[str, Any] | None = None, precision: str = "auto") -> list[TrialSpec]:
+    """Every trial of a run, validated: unknown names, impossible shot counts and unsupported precisions fail
+    before anything runs."""
+    precision = parse_precision(precision)
     registry.discover()
     adapter = registry.get_dataset(dataset, data_root)
     modalities = adapter.modalities
@@ -85,7 +88,7 @@ def build_grid(*, dataset: str, methods: Sequence[str], shots: Sequence[int | st
                         preset=preset, hparam_sample=int(sample), hparams=hparams, selection=SELECTION_POLICIES[0],
                         dataset_version=adapter.version, method_version=cls.version,
                         preset_settings=settings, data_root=str(Path(data_root).resolve()) if data_root else None,
-                        variant=variant, plugins=plugin_specs))
+                        variant=variant, plugins=plugin_specs, precision=precision))
     return specs
 
 
@@ -356,6 +359,15 @@ class RunSummary:
     failed: int
 
 
+def _precision_line(specs: Sequence[TrialSpec], device: str) -> str:
+    """The plan's word on the training precision (every trial of a run asks for the same)."""
+    asked = sorted({s.precision for s in specs}) or ["auto"]
+    if asked == ["auto"]:
+        return (" Precision auto: float32." if device == "cpu" else
+                " Precision auto: bfloat16 autocast where the GPU supports it, else float32.")
+    return f" Precision {', '.join(asked)} (methods with second-order gradients train in float32)."
+
+
 def run_grid(specs: list[TrialSpec], out: Path, *, cpus_per_trial: float = 1, gpus_per_trial: float | str = 0,
              address: str | None = None, retry_failed: bool = False, num_cpus: int | None = None,
              num_gpus: float | None = None, log: Callable[[str], None] = print, display: RunDisplay | None = None,
@@ -394,7 +406,7 @@ def run_grid(specs: list[TrialSpec], out: Path, *, cpus_per_trial: float = 1, gp
     progress = ProgressCallback(display, store, log_offsets=offsets)
     with bounded_interrupt(), ray_session(out, address=address, num_cpus=num_cpus, num_gpus=num_gpus):
         placement = resolve_placement(cpus_per_trial, gpus_per_trial, alive_nodes())
-        announce(placement.describe())
+        announce(placement.describe() + _precision_line(todo, placement.device))
         _prepare_caches(todo, log)
         display.begin(len(todo), skipped=len(specs) - len(todo))
         try:

@@ -45,8 +45,12 @@ class Batch:
     target_labeled_x: torch.Tensor | None = None
     target_labeled_y: torch.Tensor | None = None
 
-    def to(self, device: torch.device | str) -> "Batch":
-        return Batch(**{k: (None if v is None else v.to(device, non_blocking=True)) for k, v in vars(self).items()})
+    def to(self, device: torch.device | str, memory_format: torch.memory_format = torch.preserve_format) -> "Batch":
+        """The batch on ``device``; images (4D) in ``memory_format`` (e.g. ``torch.channels_last``)."""
+        return Batch(**{k: (None if v is None else v.to(device, non_blocking=True,
+                                                         memory_format=memory_format if v.dim() == 4
+                                                         else torch.preserve_format))
+                        for k, v in vars(self).items()})
 
 
 @dataclass(frozen=True)

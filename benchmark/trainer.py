@@ -30,6 +30,7 @@ from .method import Method, MethodContext
 from .metrics import evaluate_volume, mean_over_structures
 from .models import build_segmenter
 from .native import InverseMap
+from .precision import autocast, compute_settings, memory_format
 from .progress import HEARTBEAT
 from .protocol import TrialSpec, derive_seed, parse_direction
 from .streams import Batch, build_streams
@@ -170,11 +171,13 @@ def _resume(path: Path, method: Method, schedulers: list, device: torch.device) 
 
 def train(spec: TrialSpec, method: Method, sampler: BatchSampler, trial_dir: Path, device: torch.device, *,
           report: Reporter | None = None, log: Callable[[str], None] = print,
-          pipeline: dict[str, Any] | None = None) -> tuple[dict[str, float], float]:
+          pipeline: dict[str, Any] | None = None,
+          compute: dict[str, Any] | None = None) -> tuple[dict[str, float], float]:
     """Run (or resume) the training loop of a trial; returns the last step's losses and the training seconds.
 
     Step ``t`` re-seeds torch from ``(seed, t)`` and draws its batch from the sampler's step ``t`` (``pipeline``,
-    default :func:`input_pipeline`: drawn ahead in a background thread on a GPU, the same batches); a checkpoint is
+    default :func:`input_pipeline`: drawn ahead in a background thread on a GPU, the same batches) and trains it
+    under ``compute`` (:func:`benchmark.precision.compute_settings`, default float32, contiguous); a checkpoint is
     written atomically every ``checkpoint_every`` steps, so an interrupted trial resumes exactly where it stopped.
     Every ``log_every`` steps it logs a step line and reports ``{"step", "total_steps", "timesteps_total", losses}``;
     in between (and once before the first step) it reports its step alone, flagged as a heartbeat, at most every
@@ -191,12 +194,15 @@ def train(spec: TrialSpec, method: Method, sampler: BatchSampler, trial_dir: Pat
     losses: dict[str, float] = {}
     last_report = _report_step(report, start, total, None)
     pipeline = input_pipeline(device) if pipeline is None else pipeline
+    compute = compute or {"precision": "fp32", "memory_format": "contiguous"}
+    layout = memory_format(compute)
     with Prefetcher(sampler, start, total, pipeline["prefetch"], pipeline["pin_memory"]) as batches:
         for step in range(start, total):
             torch.manual_seed(derive_seed("step", spec.seed, step))
-            batch: Batch = batches.batch(step).to(device)
+            batch: Batch = batches.batch(step).to(device, layout)
             method.train()
-            losses = method.train_step(batch, step)
+            with autocast(device, compute):
+                losses = method.train_step(batch, step)
             bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
             if bad:
                 raise TrialDiverged(
@@ -256,10 +262,16 @@ def run_trial(spec: TrialSpec, trial_dir: Path, *, device: torch.device | str = 
     streams = build_streams(adapter, spec, registry.METHODS.get(spec.method).streams)
     sampler = BatchSampler(cache, streams, settings["batch_size"], spec.seed, settings.get("augment", "standard"))
     torch.manual_seed(derive_seed("init", spec.seed))
+    compute = compute_settings(spec.precision, device, registry.METHODS.get(spec.method))
+    if compute["note"]:
+        log(f"[{spec.label}] {compute['note']}")
     method = build_method(spec, method_context(spec, adapter, cache, device)).to(device)
+    if compute["memory_format"] != "contiguous":
+        method = method.to(memory_format=memory_format(compute))
 
     pipeline = input_pipeline(device)
-    losses, train_s = train(spec, method, sampler, trial_dir, device, report=report, log=log, pipeline=pipeline)
+    losses, train_s = train(spec, method, sampler, trial_dir, device, report=report, log=log, pipeline=pipeline,
+                            compute=compute)
     _atomic_torch_save({"method": method.state_dict(), "step": int(method.total_steps)},
                        Path(trial_dir) / FINAL_WEIGHTS)
 
@@ -273,5 +285,6 @@ def run_trial(spec: TrialSpec, trial_dir: Path, *, device: torch.device | str = 
             "timing": {"train_s": round(train_s, 3), "eval_s": round(eval_s, 3),
                        "total_s": round(time.perf_counter() - t0, 3)},
             "device": str(device), "determinism": determinism_settings(device), "input_pipeline": pipeline,
+            "compute": compute,
             "labeled_volumes": {name: {"modality": s.modality, "cases": list(s.cases)}
                                 for name, s in streams.items() if s.labeled}}

@@ -68,6 +68,7 @@ class MetaHallucinator(PairedMetaStep, SegmenterMethod):
 
     version = "2"
     streams = ("source", "target")
+    mixed_precision = False  # second-order meta-gradients (create_graph) train in float32
     HPARAMS: ClassVar[dict[str, HParam]] = {
         # the ablation switches
         "hallucinator": HParam("paired", None, "paired: source + target to a transform with its own loss L_trans, "

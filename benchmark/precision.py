@@ -1,0 +1,82 @@
+"""Numeric precision and memory format of a trial's training step: ``--precision auto|fp32|bf16|fp16``.
+
+``auto`` (the default) trains in bfloat16 autocast on a GPU that supports it and in float32 everywhere else, so
+CPU results are the float32 results they always were. ``bf16`` asks for bfloat16 autocast on any device (on a CPU
+it is slow unless the CPU has bfloat16 instructions). bfloat16 keeps float32's exponent range, so no loss scaling
+is needed. ``fp16`` would need a gradient scaler around every method's own backward passes and optimizer steps,
+which the methods do not have; it is refused with that reason rather than run unscaled.
+
+Autocast covers the training step only; evaluation runs in float32, so a score never depends on the precision of
+the forward pass that produced it, only on the weights. A method whose step differentiates through its own
+gradients (``metahallu``'s second-order meta-gradients) declares ``mixed_precision = False`` and trains in float32
+under any request, and the trial's ``result.json`` says so. On a GPU, models and batches use the channels-last
+memory format, which the tensor-core convolution kernels prefer; on a CPU they stay contiguous, since a memory
+format change may change float results.
+
+The requested precision is part of a trial's configuration (and hash) when it is not ``auto``; what was used is
+recorded in ``result.json`` (``compute``), with the cuDNN settings in ``determinism``.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import TYPE_CHECKING, Any
+
+from .errors import UsageError
+
+if TYPE_CHECKING:
+    import torch
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def parse_precision(text: str) -> str:
+    """A ``--precision`` value, checked: one of :data:`PRECISIONS`, and not ``fp16`` (see the module docstring)."""
+    value = str(text).strip().lower()
+    if value not in PRECISIONS:
+        raise UsageError(f"--precision {text!r} is not a precision; use one of {', '.join(PRECISIONS)}.")
+    if value == "fp16":
+        raise UsageError("--precision fp16 is not supported: float16 training needs a gradient scaler around every "
+                         "method's own backward passes and optimizer steps, which the suite's methods do not have. "
+                         "Use --precision bf16 (bfloat16 needs no scaling), or auto: bfloat16 on a GPU that supports "
+                         "it, float32 otherwise.")
+    return value
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Whether ``device`` is a GPU with bfloat16 support (autocast's ``auto`` uses bfloat16 only there)."""
+    import torch
+
+    return device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def compute_settings(requested: str, device: torch.device, method_cls: type) -> dict[str, Any]:
+    """What a trial's training step uses: ``requested``, ``precision`` (fp32 or bf16), ``memory_format`` and a
+    ``note`` when the method kept float32 despite the request."""
+    requested = parse_precision(requested)
+    used = {"auto": "bf16" if bf16_supported(device) else "fp32", "fp32": "fp32", "bf16": "bf16"}[requested]
+    note = ""
+    if used != "fp32" and not getattr(method_cls, "mixed_precision", True):
+        used, note = "fp32", (f"{getattr(method_cls, 'name', method_cls.__name__)} trains in float32: its step "
+                              f"differentiates through its own gradients, which autocast does not cover safely")
+    return {"requested": requested, "precision": used,
+            "memory_format": "channels_last" if device.type == "cuda" else "contiguous", "note": note}
+
+
+def autocast(device: torch.device, settings: dict[str, Any]):
+    """The autocast context of a training step under ``settings`` (:func:`compute_settings`)."""
+    import torch
+
+    if settings["precision"] == "fp32":
+        return nullcontext()
+    return torch.autocast(device.type, dtype={"bf16": torch.bfloat16}[settings["precision"]])
+
+
+def memory_format(settings: dict[str, Any]) -> torch.memory_format:
+    """The memory format image batches are converted to under ``settings`` (contiguous: left as drawn)."""
+    import torch
+
+    return torch.channels_last if settings["memory_format"] == "channels_last" else torch.preserve_format
+
+
+__all__ = ["PRECISIONS", "autocast", "bf16_supported", "compute_settings", "memory_format", "parse_precision"]
