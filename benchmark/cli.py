@@ -112,6 +112,15 @@ def build_parser(prog: str = "python -m benchmark") -> argparse.ArgumentParser:
 def _add_run_parser(sub, presets: str) -> None:
     from .tracking import TRACKERS
 
+    be = sub.add_parser("bench", help="training steps per second, peak memory and sampler throughput per method on "
+                                      "this machine's device, beside a bare PyTorch loop and the GEMM rate")
+    be.add_argument("--methods", type=_csv, default=None, help="comma-separated entries (default: every method)")
+    be.add_argument("--preset", default="quick", metavar=presets, help="the preset whose model and batch to time")
+    be.add_argument("--steps", type=int, default=20, help="training steps timed per method")
+    be.add_argument("--threads", type=int, default=1, help="CPU threads (0: torch's default); ignored on a GPU")
+    be.add_argument("--precision", default="auto", metavar="{auto,fp32,bf16}", help="as for run")
+    be.add_argument("--json", default="runs/bench.json", help="where the report is written")
+
     r = sub.add_parser("run", help="train and evaluate methods over shots, directions and seeds (Ray Tune)",
                        description="Train and evaluate every (direction, method, shots, seed) trial on Ray Tune, "
                                    "showing their progress, and write the leaderboards; finished trials are skipped.")
@@ -218,6 +227,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _silent(line: str) -> None:
     """A log that shows nothing (``run --quiet``)."""
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import format_report, run_bench, write_report
+
+    report = run_bench(args.methods, preset=args.preset, steps=args.steps, threads=args.threads or None,
+                       precision=args.precision)
+    print(format_report(report))
+    print(f"Report: {write_report(report, Path(args.json))}")
+    return 0
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
@@ -330,7 +349,7 @@ def cmd_visualize(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "ls": cmd_ls, "leaderboard": cmd_leaderboard, "publish": cmd_publish,
+COMMANDS = {"run": cmd_run, "bench": cmd_bench, "ls": cmd_ls, "leaderboard": cmd_leaderboard, "publish": cmd_publish,
             "prepare": cmd_prepare, "validate": cmd_validate, "visualize": cmd_visualize,
             "evaluate": cmd_evaluate, "predict": cmd_predict, "compare": cmd_compare}
 
