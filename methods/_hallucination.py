@@ -264,16 +264,27 @@ class PairedHallucinator(_FieldHallucinator):
     over ``[-lut_range, lut_range]`` (images are z-scored), each within ``max_lut``. The hallucination is
     ``lut(source o phi) + bias``: the label moves with phi only. A small initial head (``init_scale``) starts the
     hallucinator near the identity deformation, with code-driven variation, and the identity remapping.
+
+    ``class_offsets`` (the number of classes, 0: off) adds one intensity offset per class of the warped label,
+    from the same pooled features and within ``max_lut``: a remapping of intensities alone cannot separate two
+    structures the source shows alike (a contrast the target has and the source lacks), a per-structure offset
+    can, as label-driven synthesis does (SynthSeg, Billot et al., MedIA 2023). Images hallucinated without labels
+    get no such offset.
     """
 
     def __init__(self, in_channels: int = 1, width: int = 16, code_channels: int = 8, levels: int = 3,
                  max_displacement: float = 0.06, max_bias: float = 0.3, lut_knots: int = 16,
-                 lut_range: float = 3.0, max_lut: float = 2.0, integration_steps: int = 5, init_scale: float = 0.3):
+                 lut_range: float = 3.0, max_lut: float = 2.0, integration_steps: int = 5, init_scale: float = 0.3,
+                 class_offsets: int = 0):
         super().__init__(2 * in_channels, width, code_channels, levels, max_displacement, integration_steps, 3,
                          init_scale)
         self.lut_head = nn.Linear(self.channels, lut_knots)
         nn.init.zeros_(self.lut_head.weight)  # the appearance transform starts as the identity
         nn.init.zeros_(self.lut_head.bias)
+        self.class_head = nn.Linear(self.channels, class_offsets) if class_offsets else None
+        if self.class_head is not None:
+            nn.init.zeros_(self.class_head.weight)
+            nn.init.zeros_(self.class_head.bias)
         self.register_buffer("knots", torch.linspace(-lut_range, lut_range, lut_knots), persistent=False)
         self.max_bias, self.max_lut = max_bias, max_lut
 
@@ -300,12 +311,19 @@ class PairedHallucinator(_FieldHallucinator):
             coarse["lut_offsets"] = offsets
             lut = self.knots + offsets
             bias = F.interpolate(coarse["bias"], size=images.shape[-2:], mode="bilinear", align_corners=False)
-            image = self.appear(warped, lut, bias)
+            if self.class_head is not None and soft is not None:
+                coarse["class_offsets"] = torch.tanh(self.class_head(feats.mean((2, 3)))) * self.max_lut
+            image = self.appear(warped, lut, bias, coarse.get("class_offsets"), soft)
         return Hallucination(image, hard, soft, disp, None, bias, coarse, warped, lut, self.knots)
 
-    def appear(self, warped: torch.Tensor, lut: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        """The appearance transform: the remapping ``lut`` (B, K) of the knots, then the additive ``bias``."""
-        return apply_lut(warped, self.knots, lut) + bias
+    def appear(self, warped: torch.Tensor, lut: torch.Tensor, bias: torch.Tensor,
+               class_offsets: torch.Tensor | None = None, soft_label: torch.Tensor | None = None) -> torch.Tensor:
+        """The appearance transform: the remapping ``lut`` (B, K) of the knots, the additive ``bias``, and with
+        ``class_offsets`` (B, C) each class's offset where the (warped, soft) label (B, C, H, W) has it."""
+        out = apply_lut(warped, self.knots, lut) + bias
+        if class_offsets is not None:
+            out = out + (class_offsets[:, :, None, None] * soft_label).sum(1, keepdim=True)
+        return out
 
 
 def translation_losses(hal: Hallucination, reference: torch.Tensor, *, spatial: bool,
@@ -315,7 +333,8 @@ def translation_losses(hal: Hallucination, reference: torch.Tensor, *, spatial: 
     ``mind``: mean squared difference of :func:`mind` descriptors between the deformed source (before the
     appearance transform) and the reference, a modality-independent similarity that trains the deformation only.
     ``appearance``: mean squared error between the reference and the appearance transform applied to the deformed
-    source with the deformation held fixed, so that a cross-modality intensity error never bends the anatomy.
+    source with the deformation held fixed (the warped label too, for per-class offsets), so that a
+    cross-modality intensity error never bends the anatomy.
     ``histogram``: :func:`intensity_w1` between the hallucination and the reference, a similarity of appearance
     that needs no alignment. ``velocity_smooth``, ``bias_smooth`` and ``lut_smooth``: :func:`smoothness` of the
     coarse velocity and bias, and the mean squared second difference of the remapping's offsets.
@@ -325,8 +344,13 @@ def translation_losses(hal: Hallucination, reference: torch.Tensor, *, spatial: 
         out["mind"] = F.mse_loss(mind(hal.warped), mind(reference))
         out["velocity_smooth"] = smoothness(hal.coarse["velocity"])
     if appearance and hal.lut is not None:
-        fixed = hal.warped.detach() if hal.displacement is not None else hal.warped
-        out["appearance"] = F.mse_loss(apply_lut(fixed, hal.knots, hal.lut) + hal.bias, reference)
+        moved = hal.displacement is not None
+        fixed = hal.warped.detach() if moved else hal.warped
+        image = apply_lut(fixed, hal.knots, hal.lut) + hal.bias
+        if "class_offsets" in hal.coarse:
+            soft = hal.soft_label.detach() if moved else hal.soft_label
+            image = image + (hal.coarse["class_offsets"][:, :, None, None] * soft).sum(1, keepdim=True)
+        out["appearance"] = F.mse_loss(image, reference)
         out["histogram"] = intensity_w1(hal.image, reference)
         out["bias_smooth"] = smoothness(hal.coarse["bias"])
         offsets = hal.coarse["lut_offsets"]

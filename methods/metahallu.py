@@ -36,6 +36,8 @@ class MetaHallucinator(PairedMetaStep, SegmenterMethod):
       a source image, a target image and a random code to a diffeomorphic deformation (scaling and squaring,
       Dalca et al., MICCAI 2018) and an appearance transform, a learned intensity remapping plus a smooth additive
       field, as learned-transformation augmentation (Zhao et al., CVPR 2019); the label moves with the deformation.
+      ``class_appearance`` adds an intensity offset per structure of the warped label (the suite's addition, off:
+      a remapping cannot create a contrast between structures the source shows alike).
     * L_trans (figure: a loss of psi's own, at both levels; the paper leaves its form open):
       :func:`translation_losses`, MIND (Heinrich et al., MedIA 2012) for the deformation, MSE with the
       deformation fixed and a 1D Wasserstein intensity term for the appearance, smoothness of both fields.
@@ -99,6 +101,8 @@ class MetaHallucinator(PairedMetaStep, SegmenterMethod):
         "max_log_gain": HParam(0.3, uniform(0.1, 0.5), "gain within [exp(-m), exp(m)] (random)"),
         "max_bias": HParam(0.3, uniform(0.1, 0.5), "bias within [-m, m] (images are z-scored)"),
         "max_lut": HParam(2.0, uniform(1.0, 3.0), "intensity remapping offsets within [-m, m] (paired)"),
+        "class_appearance": HParam(False, None, "also one intensity offset per structure of the warped source label "
+                                                "(paired; off: remapping and smooth field only)"),
         "lut_knots": HParam(16, None, "knots of the intensity remapping over [-3, 3] (paired)"),
         "smooth_weight": HParam(0.1, log_uniform(0.01, 1.0), "weight of the deformation smoothness regulariser"),
         "appearance_smooth_weight": HParam(0.1, log_uniform(0.01, 1.0),
@@ -131,7 +135,8 @@ class MetaHallucinator(PairedMetaStep, SegmenterMethod):
             self.hallucinator = PairedHallucinator(
                 ctx.in_channels, hp["h_width"], hp["code_channels"], max_displacement=hp["max_displacement"],
                 max_bias=hp["max_bias"], lut_knots=hp["lut_knots"], max_lut=hp["max_lut"],
-                integration_steps=hp["integration_steps"])
+                integration_steps=hp["integration_steps"],
+                class_offsets=ctx.num_classes if hp["class_appearance"] else 0)
         else:
             self.hallucinator = Hallucinator(
                 ctx.in_channels, hp["h_width"], hp["code_channels"], max_displacement=hp["max_displacement"],
