@@ -117,18 +117,24 @@ def test_paired_hallucination_moves_image_and_label_together():
 # --- L_trans --------------------------------------------------------------------------------------------------
 
 
-def test_trans_loss_falls_and_the_intensities_move_towards_the_target():
-    m = build("metahallu")
-    xs, ys, xt = pair()
-    opt = torch.optim.Adam(m.hallucinator.parameters(), m.hparams["paired_lr"])
+def fit_trans_loss(m, source, labels, target, steps: int, lr: float) -> list[tuple[float, dict]]:
+    """Train ``m``'s hallucinator on L_trans alone for ``steps`` Adam steps; (loss, terms) of every step."""
+    opt = torch.optim.Adam(m.hallucinator.parameters(), lr)
     history = []
-    for step in range(300):
+    for step in range(steps):
         torch.manual_seed(step)
-        loss, terms = m.trans_loss(m.hallucinate(xs, ys, reference=xt), xt)
+        loss, terms = m.trans_loss(m.hallucinate(source, labels, reference=target), target)
         opt.zero_grad()
         loss.backward()
         opt.step()
         history.append((float(loss.detach()), terms))
+    return history
+
+
+def test_trans_loss_falls_and_the_intensities_move_towards_the_target():
+    m = build("metahallu")
+    xs, ys, xt = pair()
+    history = fit_trans_loss(m, xs, ys, xt, 300, m.hparams["paired_lr"])
     first, last = history[0], history[-1]
     assert last[0] < 0.7 * first[0]
     assert last[1]["mind"] < first[1]["mind"] and last[1]["appearance"] < 0.6 * first[1]["appearance"]
@@ -148,13 +154,7 @@ def test_class_appearance_creates_a_contrast_the_source_lacks():
     def contrast(class_appearance: bool) -> float:
         torch.manual_seed(0)
         m = build("metahallu", class_appearance=class_appearance, spatial=False)
-        opt = torch.optim.Adam(m.hallucinator.parameters(), 1e-2)
-        for step in range(150):
-            torch.manual_seed(step)
-            loss, _ = m.trans_loss(m.hallucinate(source, ys, reference=target), target)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+        fit_trans_loss(m, source, ys, target, 150, 1e-2)
         torch.manual_seed(0)
         image = m.hallucinate(source, ys, reference=target).image.detach()
         return float(image[ys[:, None] == 1].mean() - image[ys[:, None] == 2].mean())
