@@ -25,6 +25,8 @@ QUICK = PRESETS["quick"]
 VARIANTS = {"source_only": ("source_only", {}), "metahallu": ("metahallu", {}),
             "metahallu:psi_seg_hessian=false": ("metahallu", {"psi_seg_hessian": False}),
             "metahallu:first_order=true": ("metahallu", {"first_order": True}),
+            "metahallu:psi_pixels=false": ("metahallu", {"psi_pixels": False}),
+            "metahallu:class_appearance=true": ("metahallu", {"class_appearance": True}),
             "metahallu:hallucinator=random": ("metahallu", {"hallucinator": "random"})}
 MEANS: dict[str, float] = {}
 
