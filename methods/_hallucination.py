@@ -318,12 +318,19 @@ class PairedHallucinator(_FieldHallucinator):
 
     def appear(self, warped: torch.Tensor, lut: torch.Tensor, bias: torch.Tensor,
                class_offsets: torch.Tensor | None = None, soft_label: torch.Tensor | None = None) -> torch.Tensor:
-        """The appearance transform: the remapping ``lut`` (B, K) of the knots, the additive ``bias``, and with
-        ``class_offsets`` (B, C) each class's offset where the (warped, soft) label (B, C, H, W) has it."""
-        out = apply_lut(warped, self.knots, lut) + bias
-        if class_offsets is not None:
-            out = out + (class_offsets[:, :, None, None] * soft_label).sum(1, keepdim=True)
-        return out
+        """:func:`appearance_transform` over this hallucinator's knots."""
+        return appearance_transform(warped, self.knots, lut, bias, class_offsets, soft_label)
+
+
+def appearance_transform(warped: torch.Tensor, knots: torch.Tensor, lut: torch.Tensor, bias: torch.Tensor,
+                         class_offsets: torch.Tensor | None = None,
+                         soft_label: torch.Tensor | None = None) -> torch.Tensor:
+    """The paired hallucinator's appearance transform: the remapping of ``knots`` to ``lut`` (B, K), the additive
+    ``bias``, and with ``class_offsets`` (B, C) each class's offset where the (soft) label (B, C, H, W) has it."""
+    out = apply_lut(warped, knots, lut) + bias
+    if class_offsets is not None:
+        out = out + (class_offsets[:, :, None, None] * soft_label).sum(1, keepdim=True)
+    return out
 
 
 def translation_losses(hal: Hallucination, reference: torch.Tensor, *, spatial: bool,
@@ -345,11 +352,10 @@ def translation_losses(hal: Hallucination, reference: torch.Tensor, *, spatial: 
         out["velocity_smooth"] = smoothness(hal.coarse["velocity"])
     if appearance and hal.lut is not None:
         moved = hal.displacement is not None
-        fixed = hal.warped.detach() if moved else hal.warped
-        image = apply_lut(fixed, hal.knots, hal.lut) + hal.bias
-        if "class_offsets" in hal.coarse:
-            soft = hal.soft_label.detach() if moved else hal.soft_label
-            image = image + (hal.coarse["class_offsets"][:, :, None, None] * soft).sum(1, keepdim=True)
+        offsets = hal.coarse.get("class_offsets")
+        soft = None if offsets is None else hal.soft_label.detach() if moved else hal.soft_label
+        image = appearance_transform(hal.warped.detach() if moved else hal.warped, hal.knots, hal.lut, hal.bias,
+                                     offsets, soft)
         out["appearance"] = F.mse_loss(image, reference)
         out["histogram"] = intensity_w1(hal.image, reference)
         out["bias_smooth"] = smoothness(hal.coarse["bias"])
