@@ -34,7 +34,7 @@ from .errors import UsageError
 from .io import atomic_write_text
 from .losses import dice_ce_loss
 from .models import build_segmenter
-from .precision import autocast, compute_settings, memory_format
+from .precision import autocast, compute_settings, memory_format, to_memory_format
 from .protocol import derive_seed
 from .runner import build_grid
 from .streams import build_streams
@@ -86,9 +86,7 @@ def bare_loop(settings: dict[str, Any], device: torch.device, steps: int, comput
     from torch.utils.flop_counter import FlopCounterMode
 
     torch.manual_seed(0)
-    model = build_segmenter(settings["backbone"], 1, 5).to(device)
-    if compute["memory_format"] == "channels_last":
-        model = model.to(memory_format=torch.channels_last)
+    model = to_memory_format(build_segmenter(settings["backbone"], 1, 5).to(device), compute)
     opt = torch.optim.Adam(model.parameters(), 1e-3)
     size, batch = settings["size"], settings["batch_size"]
     x = torch.randn(batch, 1, size, size).to(device, memory_format=memory_format(compute))
@@ -131,9 +129,7 @@ def bench_method(entry: str, preset: str, steps: int, device: torch.device, requ
     sampler_s = (time.perf_counter() - t0) / steps
     compute = compute_settings(spec.precision, device, registry.METHODS.get(spec.method))
     torch.manual_seed(derive_seed("init", spec.seed))
-    method = build_method(spec, method_context(spec, adapter, cache, device)).to(device)
-    if compute["memory_format"] == "channels_last":
-        method = method.to(memory_format=torch.channels_last)
+    method = to_memory_format(build_method(spec, method_context(spec, adapter, cache, device)).to(device), compute)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     with tempfile.TemporaryDirectory(prefix="fsuda-bench-") as folder:

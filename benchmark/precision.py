@@ -79,4 +79,12 @@ def memory_format(settings: dict[str, Any]) -> torch.memory_format:
     return torch.channels_last if settings["memory_format"] == "channels_last" else torch.preserve_format
 
 
-__all__ = ["PRECISIONS", "autocast", "bf16_supported", "compute_settings", "memory_format", "parse_precision"]
+def to_memory_format(module, settings: dict[str, Any]):
+    """``module`` in the memory format of ``settings`` (left as it is when contiguous)."""
+    import torch
+
+    return module.to(memory_format=torch.channels_last) if settings["memory_format"] == "channels_last" else module
+
+
+__all__ = ["PRECISIONS", "autocast", "bf16_supported", "compute_settings", "memory_format", "parse_precision",
+           "to_memory_format"]

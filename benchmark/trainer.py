@@ -30,7 +30,7 @@ from .method import Method, MethodContext
 from .metrics import evaluate_volume, mean_over_structures
 from .models import build_segmenter
 from .native import InverseMap
-from .precision import autocast, compute_settings, memory_format
+from .precision import autocast, compute_settings, memory_format, to_memory_format
 from .progress import HEARTBEAT
 from .protocol import TrialSpec, derive_seed, parse_direction
 from .streams import Batch, build_streams
@@ -265,9 +265,7 @@ def run_trial(spec: TrialSpec, trial_dir: Path, *, device: torch.device | str = 
     compute = compute_settings(spec.precision, device, registry.METHODS.get(spec.method))
     if compute["note"]:
         log(f"[{spec.label}] {compute['note']}")
-    method = build_method(spec, method_context(spec, adapter, cache, device)).to(device)
-    if compute["memory_format"] != "contiguous":
-        method = method.to(memory_format=memory_format(compute))
+    method = to_memory_format(build_method(spec, method_context(spec, adapter, cache, device)).to(device), compute)
 
     pipeline = input_pipeline(device)
     losses, train_s = train(spec, method, sampler, trial_dir, device, report=report, log=log, pipeline=pipeline,
