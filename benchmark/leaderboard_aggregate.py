@@ -46,9 +46,13 @@ def method_label(config: dict) -> str:
 
 
 def _method_version(config: dict) -> str:
-    """The method's version, followed by each plug-in's (``2 cdtg-1``) for a composed method."""
-    plugins = config.get("plugins", ())
-    return " ".join([config["method_version"]] + [f"{p['name']}-{p['version']}" for p in plugins])
+    """The method's version, followed by each plug-in's (``2 cdtg-2[minilm]``, with the model it reads) for a
+    composed method."""
+    def plugin(p: dict) -> str:
+        encoder = p.get("provenance", {}).get("encoder")
+        return f"{p['name']}-{p['version']}" + (f"[{encoder}]" if encoder else "")
+
+    return " ".join([config["method_version"]] + [plugin(p) for p in config.get("plugins", ())])
 
 
 def _join_sorted(values: Iterable[str]) -> str:

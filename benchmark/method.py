@@ -19,23 +19,25 @@ holds only what is specific to the method. A method
 Plug-ins (:class:`Plugin`, e.g. ``metahallu+cdtg``) modify a method rather than replace it. The trainer calls
 :meth:`Method.train_step` and :meth:`Method.infer`, which are :meth:`Method.update` and :meth:`Method.predict`
 unchanged when no plug-in is attached. Every method steps its segmenter through one optimizer,
-:meth:`Method.segmenter_optimizer` (``optimizers[0]`` of a :class:`SegmenterMethod`); an attached plug-in
-joins exactly that step: a step pre-hook on that optimizer computes the host's :meth:`features` of the labeled
-batch, asks each plug-in for its loss and back-propagates it, so its gradient adds to whatever the host put in
-the segmenter's ``.grad`` (plain back-propagation, SIFA's restricted backward, or metahallu's meta-gradients)
-before the host's own optimizer applies them. No second optimizer ever steps the segmenter. A plug-in's own
-weights are a parameter group of that optimizer, so they follow the segmenter's schedule (and its stage, for a
-multi-stage method such as ``cyclegan_uda``, whose segmenter trains only in its second stage) and are saved in
-its checkpoint state; the plug-in modules are the submodule ``plugins`` of the method, so the method's
-``state_dict`` holds them too. At inference, :meth:`Method.infer` lets each plug-in with a head blend its
+:meth:`Method.segmenter_optimizer` (``optimizers[0]`` of a :class:`SegmenterMethod`); an attached plug-in joins
+exactly that step: a step pre-hook on that optimizer computes the host's :meth:`features` of the labeled batch
+(batch-norm running statistics held still, see :func:`frozen_running_statistics`), asks each plug-in for its loss
+(it may call the host's :meth:`logits_from_features` on them) and back-propagates it, so its gradient adds to
+whatever the host put in the segmenter's ``.grad`` (plain back-propagation, SIFA's restricted backward, or
+metahallu's meta-gradients) before the host's own optimizer applies them. No second optimizer ever steps the
+segmenter. A plug-in's own weights are a parameter group of that optimizer, so they follow the segmenter's schedule
+(and its stage, for a multi-stage method such as ``cyclegan_uda``, whose segmenter trains only in its second stage)
+and are saved in its checkpoint state; the plug-in modules are the submodule ``plugins`` of the method, so the
+method's ``state_dict`` holds them too. At inference, :meth:`Method.infer` lets each plug-in with a head blend its
 prediction from the host's features into the host's logits.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -119,6 +121,10 @@ class Method(nn.Module):
         """The segmenter's last decoder features (B, F, H, W), where plug-ins attach."""
         raise NotImplementedError
 
+    def logits_from_features(self, features: torch.Tensor) -> torch.Tensor:
+        """The segmenter's head on :meth:`features`: its logits (B, classes, H, W), for plug-ins that fuse with them."""
+        raise NotImplementedError
+
     def segmenter_optimizer(self) -> torch.optim.Optimizer | None:
         """The optimizer whose ``step()`` updates the segmenter (where plug-ins add their losses); None: none."""
         return None
@@ -131,6 +137,8 @@ class Method(nn.Module):
             return "it does not expose its segmenter's features (its features() is not implemented)"
         if cls.segmenter_optimizer is Method.segmenter_optimizer:
             return "it names no optimizer that steps a segmenter (its segmenter_optimizer() returns None)"
+        if cls.logits_from_features is Method.logits_from_features:
+            return "it does not expose its segmenter's head (its logits_from_features() is not implemented)"
         if cls.labeled_stream not in cls.streams:
             return (f"it does not read the labeled stream {cls.labeled_stream!r} that plug-ins learn from "
                     f"(its streams: {', '.join(cls.streams)})")
@@ -208,13 +216,13 @@ class Method(nn.Module):
         if x is None or y is None:
             raise RuntimeError(f"The batch has no labeled {self.labeled_stream!r} stream for the plug-ins of "
                                f"method {self.name!r}.")
-        with torch.enable_grad():
+        with torch.enable_grad(), frozen_running_statistics(self):
             feats = self.features(x)
             total = None
             for name, plugin in self.attached_plugins.items():
                 for p in plugin.parameters():
                     p.grad = None  # the host may never zero them (metahallu assigns its gradients)
-                loss, logs = plugin.loss(feats, y, state["step"])
+                loss, logs = plugin.loss(feats, y, state["step"], self.logits_from_features)
                 total = loss if total is None else total + loss
                 state["losses"].update({f"{name}_{k}": float(v) for k, v in logs.items()})
             total.backward()
@@ -239,6 +247,27 @@ class Method(nn.Module):
             for plugin in heads:
                 logits = plugin.blend(logits, feats)
         return logits
+
+
+@contextmanager
+def frozen_running_statistics(module: nn.Module) -> Iterator[None]:
+    """Batch-norm layers in training mode normalise with the batch's statistics but keep their running ones.
+
+    The plug-ins' forward pass of the labeled batch is an extra look at images the host has already seen (or
+    chose not to show its segmenter): it must not move the statistics the host evaluates with, so a plug-in
+    whose loss has no gradient leaves the host's state exactly as it was. A momentum of 0 keeps the running
+    mean and variance bit for bit; the batch counter is put back.
+    """
+    saved = [(m, m.momentum, m.num_batches_tracked.clone()) for m in module.modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats]
+    for m, _, _ in saved:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, momentum, count in saved:
+            m.momentum = momentum
+            m.num_batches_tracked.copy_(count)
 
 
 def plugin_host_error(method: str, plugins: Sequence[str], problem: str) -> PluginHostError:
@@ -280,13 +309,17 @@ class Plugin(nn.Module):
         return _declared(cls)
 
     @classmethod
-    def provenance(cls, adapter: Any) -> dict[str, str]:
-        """Versions of data the plug-in reads for ``adapter``'s dataset (they key the trial); none by default."""
+    def provenance(cls, adapter: Any, hparams: dict[str, Any]) -> dict[str, str]:
+        """Versions of data and models the plug-in reads for ``adapter``'s dataset with ``hparams`` (they key the
+        trial); none by default. An ``"encoder"`` entry (e.g. a frozen text encoder) is shown on the boards beside
+        the plug-in's version."""
         return {}
 
-    def loss(self, features: torch.Tensor, labels: torch.Tensor, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, features: torch.Tensor, labels: torch.Tensor, step: int,
+             head: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         """The plug-in's training loss on the host's ``features`` (B, F, h, w) of labeled images, ``labels``
-        (B, H, W); returns the loss tensor and its parts as floats for the log."""
+        (B, H, W); ``head`` is the host's :meth:`Method.logits_from_features` (call it on ``features`` for the
+        host's logits of the same pass). Returns the loss tensor and its parts as floats for the log."""
         raise NotImplementedError
 
     @property
@@ -316,6 +349,9 @@ class SegmenterMethod(Method):
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         return self.segmenter.forward_features(images)[1]
+
+    def logits_from_features(self, features: torch.Tensor) -> torch.Tensor:
+        return self.segmenter.head(features)
 
     def segmenter_optimizer(self) -> torch.optim.Optimizer | None:
         return self.optimizers[0]

@@ -134,7 +134,7 @@ def _plugin_spec(name: str, variant: str, overrides: dict[str, Any], sample: int
                                                namespace=f"{name}.")}
     if variant:
         spec["variant"] = variant
-    provenance = cls.provenance(adapter)
+    provenance = cls.provenance(adapter, spec["hparams"])
     if provenance:
         spec["provenance"] = provenance
     return spec

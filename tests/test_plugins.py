@@ -83,7 +83,7 @@ def test_build_grid_composes_plugins():
     cdtg = registry.PLUGINS.get("cdtg")
     assert plug["name"] == "cdtg" and plug["version"] == cdtg.version and "variant" not in plug
     assert plug["hparams"] == resolve(cdtg.declared_hparams(), 0)  # every hyperparameter is in the config
-    assert plug["provenance"] == {"descriptions": "synthetic_heart.classes.json v1"}
+    assert plug["provenance"] == {"descriptions": "synthetic_heart.classes.json v2", "encoder": "minilm"}
     assert specs[2].plugins[0]["variant"] == "blend=0.5" and specs[2].plugins[0]["hparams"]["blend"] == 0.5
     assert specs[0].hparams == specs[4].hparams | {"meta": True}
     round_trip = TrialSpec.from_dict(specs[0].to_dict())
@@ -123,14 +123,17 @@ def test_leaderboard_rows_show_the_composed_name():
         return {"status": "ok", "config": config, "summary": summary, "structures": ["MYO"], "commit": "abc"}
 
     cdtg = [{"name": "cdtg", "version": "1", "hparams": {}}]
+    cdtg2 = [{"name": "cdtg", "version": "2", "hparams": {}, "provenance": {"descriptions": "x v2",
+                                                                             "encoder": "openclip-ViT-B-16"}}]
     rows = build_rows([record("metahallu", [], 0.5, 0), record("metahallu", cdtg, 0.6, 0),
-                       record("metahallu", cdtg, 0.7, 1)])
+                       record("metahallu", cdtg, 0.7, 1), record("source_only", cdtg2, 0.4, 0)])
     by_method = {r["method"]: r for _, r in rows.iterrows()}
-    assert set(by_method) == {"metahallu", "metahallu+cdtg"}
+    assert set(by_method) == {"metahallu", "metahallu+cdtg", "source_only+cdtg"}
     assert by_method["metahallu+cdtg"]["seeds_done"] == 2
     assert math.isclose(by_method["metahallu+cdtg"]["dice_mean"], 0.65)
     assert by_method["metahallu+cdtg"]["method_version"] == "2 cdtg-1"
     assert by_method["metahallu"]["method_version"] == "2"
+    assert by_method["source_only+cdtg"]["method_version"] == "2 cdtg-2[openclip-ViT-B-16]"  # the encoder it read
 
 
 def test_ls_lists_plugins(capsys):
@@ -155,7 +158,7 @@ class Shrink(Plugin):
         super().__init__(ctx, hparams, feature_channels)
         self.scale = torch.nn.Parameter(torch.ones(feature_channels))
 
-    def loss(self, features, labels, step):
+    def loss(self, features, labels, step, head):
         loss = self.hparams["weight"] * (features * self.scale[:, None, None]).pow(2).mean()
         return loss, {"shrink": loss.item()}
 
@@ -284,6 +287,18 @@ class NoFeatures(Method):
     def predict(self, images):
         return self.segmenter(images)
 
+    def logits_from_features(self, features):
+        return self.segmenter.head(features)
+
+
+class NoHead(NoFeatures):
+    """Test method: features, but no head to compute logits from them."""
+
+    logits_from_features = Method.logits_from_features
+
+    def features(self, images):
+        return self.segmenter.forward_features(images)[1]
+
 
 class RaisingFeatures(NoFeatures):
     """Test method: features() overridden but not implemented."""
@@ -306,6 +321,7 @@ class NoSegmenterOptimizer(NoFeatures):
     (NoFeatures, "does not expose its segmenter's features"),
     (RaisingFeatures, "its features\\(\\) is not implemented"),
     (NoSegmenterOptimizer, "no optimizer that steps a segmenter"),
+    (NoHead, "does not expose its segmenter's head \\(its logits_from_features\\(\\) is not implemented\\)"),
 ])
 def test_a_method_that_cannot_host_fails_naming_method_and_plugin(cls, problem, monkeypatch):
     monkeypatch.setattr(cls, "name", "tiny")
@@ -338,7 +354,7 @@ def test_a_composed_trial_resumes_exactly_with_the_plugin_in_its_checkpoint(tmp_
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     logs: list[str] = []
     a = run_trial(spec, whole, log=logs.append)
-    assert {"loss", "cdtg_align", "cdtg_head"} <= set(a["final_losses"])
+    assert {"loss", "cdtg_seg"} <= set(a["final_losses"])
     assert any("source_only+cdtg" in line for line in logs)
     assert any(k.startswith("plugins.cdtg.") for k in torch.load(whole / FINAL_WEIGHTS, weights_only=True)["method"])
 
@@ -349,7 +365,7 @@ def test_a_composed_trial_resumes_exactly_with_the_plugin_in_its_checkpoint(tmp_
     with pytest.raises(Stop):
         run_trial(spec, cut, log=die_at_2)
     state = torch.load(cut / CHECKPOINT, weights_only=True)
-    assert "plugins.cdtg.projection.weight" in state["method"] and "plugins.cdtg.prototypes" in state["method"]
+    assert {"plugins.cdtg.unit.attention.in_proj_weight", "plugins.cdtg.prototypes"} <= set(state["method"])
     assert len(state["optimizers"][0]["param_groups"]) == 2
     resumed = run_trial(spec, cut, log=lambda s: None)
     assert resumed["final_losses"] == a["final_losses"] and resumed["summary"] == a["summary"]
