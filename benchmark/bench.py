@@ -28,17 +28,13 @@ from typing import Any, Sequence
 import torch
 
 from . import registry
-from .cache import PreprocessSettings, prepare
-from .data import BatchSampler
 from .errors import UsageError
 from .io import atomic_write_text
 from .losses import dice_ce_loss
 from .models import build_segmenter
 from .precision import autocast, compute_settings, memory_format, to_memory_format
-from .protocol import derive_seed
 from .runner import build_grid
-from .streams import build_streams
-from .trainer import build_method, method_context, train
+from .trainer import setup_trial, train
 
 DATASET, DIRECTION = "synthetic-heart", "mr2ct"
 #: Matrix side of the GEMM rate, large enough to reach a CPU's peak and small enough to take a fraction of a second.
@@ -118,18 +114,12 @@ def bench_method(entry: str, preset: str, steps: int, device: torch.device, requ
     (spec,) = build_grid(dataset=DATASET, methods=[entry], shots=[1], directions=[DIRECTION], seeds=[0],
                          preset=preset, precision=requested,
                          preset_overrides={"steps": steps, "log_every": 10 ** 9, "checkpoint_every": 10 ** 9})
-    adapter = registry.get_dataset(spec.dataset, spec.data_root)
-    settings = spec.preset_settings
-    cache = prepare(adapter, PreprocessSettings(size=settings["size"]), workers=1, log=log)
-    streams = build_streams(adapter, spec, registry.METHODS.get(spec.method).streams)
-    sampler = BatchSampler(cache, streams, settings["batch_size"], spec.seed, settings.get("augment", "standard"))
+    setup = setup_trial(spec, device, log)
+    sampler, method, compute = setup.sampler, setup.method, setup.compute
     t0 = time.perf_counter()
     for step in range(steps):
         sampler.batch(step)
     sampler_s = (time.perf_counter() - t0) / steps
-    compute = compute_settings(spec.precision, device, registry.METHODS.get(spec.method))
-    torch.manual_seed(derive_seed("init", spec.seed))
-    method = to_memory_format(build_method(spec, method_context(spec, adapter, cache, device)).to(device), compute)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     with tempfile.TemporaryDirectory(prefix="fsuda-bench-") as folder:

@@ -15,6 +15,7 @@ import io
 import math
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -249,26 +250,48 @@ def determinism_settings(device: torch.device) -> dict[str, Any]:
             "cudnn": torch.backends.cudnn.version() if cuda else None}
 
 
+@dataclass
+class TrialSetup:
+    """What a trial trains with: its dataset, slice cache, streams, batch sampler, compute settings and method."""
+
+    adapter: Any
+    cache: SliceCache
+    streams: dict[str, Any]
+    sampler: BatchSampler
+    compute: dict[str, Any]
+    method: Method
+
+
+def setup_trial(spec: TrialSpec, device: torch.device, log: Callable[[str], None] = print) -> TrialSetup:
+    """Build a trial's data and its seeded method, in the order that fixes the random state (shared by
+    :func:`run_trial` and :mod:`benchmark.bench`, so that the benchmark times what a trial runs)."""
+    settings = spec.preset_settings
+    registry.discover()
+    adapter = registry.get_dataset(spec.dataset, spec.data_root)
+    cache = prepare(adapter, PreprocessSettings(size=settings["size"]), workers=1, log=log)
+    method_cls = registry.METHODS.get(spec.method)
+    streams = build_streams(adapter, spec, method_cls.streams)
+    sampler = BatchSampler(cache, streams, settings["batch_size"], spec.seed, settings.get("augment", "standard"))
+    torch.manual_seed(derive_seed("init", spec.seed))
+    compute = compute_settings(spec.precision, device, method_cls)
+    method = to_memory_format(build_method(spec, method_context(spec, adapter, cache, device)).to(device), compute)
+    return TrialSetup(adapter, cache, streams, sampler, compute, method)
+
+
 def run_trial(spec: TrialSpec, trial_dir: Path, *, device: torch.device | str = "cpu",
               report: Reporter | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train and evaluate one trial; returns the result fields of its record (summary, volumes, timing)."""
     t0 = time.perf_counter()
     device = torch.device(device)
     settings = spec.preset_settings
-    registry.discover()
-    adapter = registry.get_dataset(spec.dataset, spec.data_root)
-    cache = prepare(adapter, PreprocessSettings(size=settings["size"]), workers=1, log=log)
+    setup = setup_trial(spec, device, log)
+    adapter, cache, streams, compute, method = setup.adapter, setup.cache, setup.streams, setup.compute, setup.method
     _, target = parse_direction(spec.direction, adapter.modalities)
-    streams = build_streams(adapter, spec, registry.METHODS.get(spec.method).streams)
-    sampler = BatchSampler(cache, streams, settings["batch_size"], spec.seed, settings.get("augment", "standard"))
-    torch.manual_seed(derive_seed("init", spec.seed))
-    compute = compute_settings(spec.precision, device, registry.METHODS.get(spec.method))
     if compute["note"]:
         log(f"[{spec.label}] {compute['note']}")
-    method = to_memory_format(build_method(spec, method_context(spec, adapter, cache, device)).to(device), compute)
 
     pipeline = input_pipeline(device)
-    losses, train_s = train(spec, method, sampler, trial_dir, device, report=report, log=log, pipeline=pipeline,
+    losses, train_s = train(spec, method, setup.sampler, trial_dir, device, report=report, log=log, pipeline=pipeline,
                             compute=compute)
     _atomic_torch_save({"method": method.state_dict(), "step": int(method.total_steps)},
                        Path(trial_dir) / FINAL_WEIGHTS)
