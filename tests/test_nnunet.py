@@ -398,9 +398,9 @@ def test_amos_label_values_beyond_15_are_refused(amos, tmp_path):
 def test_amos_describes_each_class_and_the_background(name):
     cls = benchmark.registry.DATASETS.get(name)
     texts = cls.class_descriptions()
-    assert texts["version"] == "1" and texts["order"] == ["background", *sorted(cls.classes, key=cls.classes.get)]
-    for sentences in texts["classes"].values():
-        assert 1 <= len(sentences) <= 4 and all(len(s.split()) >= 5 for s in sentences)
+    assert texts["version"] == "2" and texts["order"] == ["background", *sorted(cls.classes, key=cls.classes.get)]
+    for sentences in texts["classes"].values():  # one caption per class, in CD-TG's standard form
+        assert len(sentences) == 1 and sentences[0].startswith("A photo of the ") and " in which " in sentences[0]
 
 
 def test_generic_descriptions_are_read_beside_the_data(by_id, tmp_path):
