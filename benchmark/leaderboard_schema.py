@@ -186,7 +186,9 @@ COLUMN_DESCRIPTIONS: dict[str, str] = {
     "dataset_version": "Dataset version of the row's trials (part of the row's "
                        "identity).",
     "method_version": "Method implementation version of the row's trials, "
-                      "followed by each plug-in's (part of the row's identity).",
+                      "followed by each plug-in's, with the model it reads in brackets "
+                      "(`2 cdtg-2[minilm]`: cdtg version 2 on the MiniLM text encoder; "
+                      "part of the row's identity).",
     "commit": "Git commit(s) of the code that ran the contributing trials "
               "(joined with `+` if several; `unknown` outside a git checkout; "
               "`-dirty` marks a tree with uncommitted changes, which publishing "
