@@ -309,6 +309,11 @@ class Plugin(nn.Module):
         return _declared(cls)
 
     @classmethod
+    def check_hparams(cls, hparams: dict[str, Any]) -> None:
+        """Refuse resolved hyperparameters that cannot work, before any trial runs: raise
+        :class:`~benchmark.errors.UsageError` naming the setting. Nothing is refused by default."""
+
+    @classmethod
     def provenance(cls, adapter: Any, hparams: dict[str, Any]) -> dict[str, str]:
         """Versions of data and models the plug-in reads for ``adapter``'s dataset with ``hparams`` (they key the
         trial); none by default. An ``"encoder"`` entry (e.g. a frozen text encoder) is shown on the boards beside

@@ -132,6 +132,7 @@ def _plugin_spec(name: str, variant: str, overrides: dict[str, Any], sample: int
     spec: dict[str, Any] = {"name": name, "version": cls.version,
                             "hparams": resolve(cls.declared_hparams(), sample, overrides, owner=f"Plug-in {name!r}",
                                                namespace=f"{name}.")}
+    cls.check_hparams(spec["hparams"])
     if variant:
         spec["variant"] = variant
     provenance = cls.provenance(adapter, spec["hparams"])

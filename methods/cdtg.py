@@ -145,8 +145,9 @@ class CDTG(Plugin):
         names, descriptions = self.class_texts(ctx)
         if len(names) != ctx.num_classes:
             raise ValueError(f"cdtg: {len(names)} class descriptions for a segmenter of {ctx.num_classes} classes.")
+        self.check_hparams(hparams)
         heads = int(hparams["heads"])
-        if heads < 1 or feature_channels % heads:
+        if feature_channels % heads:
             raise UsageError(f"cdtg: heads={hparams['heads']} does not divide the host's feature width "
                              f"{feature_channels}; choose a divisor of {feature_channels} (e.g. cdtg:heads=1).")
         self.augment = FeatureStyleAugmentation(parse_styles(hparams["adain_styles"]), hparams["adain_strength"])
@@ -159,6 +160,12 @@ class CDTG(Plugin):
         self.register_buffer("seen", torch.zeros(c, dtype=torch.bool))
         self.register_buffer("visual_prototypes", torch.zeros(c, feature_channels))
         self.register_buffer("visual_seen", torch.zeros(c, dtype=torch.bool))
+
+    @classmethod
+    def check_hparams(cls, hparams: dict[str, Any]) -> None:
+        parse_styles(hparams["adain_styles"])
+        if int(hparams["heads"]) < 1:
+            raise UsageError(f"cdtg: heads={hparams['heads']} is impossible; the attention needs at least one head.")
 
     @classmethod
     def provenance(cls, adapter: Any, hparams: dict[str, Any]) -> dict[str, str]:

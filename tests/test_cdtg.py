@@ -175,6 +175,13 @@ def test_bad_settings_name_the_setting():
                                          "contrast, boundary, low_contrast"):
         plugin(adain_styles="noise,blur")
     assert feature_style.parse_styles(" contrast ,noise") == ("contrast", "noise")
+    from benchmark.runner import build_grid
+
+    grid = dict(dataset="synthetic-heart", shots=[1], directions=["mr2ct"], seeds=[0], preset="quick")
+    for bad, message in [("adain_styles=blur", "adain_styles='blur' names 'blur'"),
+                         ("heads=0", "heads=0 is impossible")]:
+        with pytest.raises(UsageError, match=message):  # refused when the grid is planned, before any trial runs
+            build_grid(methods=[f"source_only+cdtg:{bad}"], **grid)
 
 
 def test_the_attention_differs_per_pixel_unless_the_texts_are_all_alike():
