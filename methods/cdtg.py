@@ -71,6 +71,11 @@ def masked_average(features: torch.Tensor, onehot: torch.Tensor) -> tuple[torch.
     return prototypes, area > 0
 
 
+def moved_average(bank: torch.Tensor, seen: torch.Tensor, batch: torch.Tensor, momentum: float) -> torch.Tensor:
+    """Per class, the moving average ``bank`` (C, F) moved towards ``batch``; ``batch`` itself where not ``seen``."""
+    return torch.where(seen[:, None], momentum * bank + (1 - momentum) * batch, batch)
+
+
 def cosine_logits(features: torch.Tensor, prototypes: torch.Tensor, temperature: float) -> torch.Tensor:
     """Cosine similarity of every pixel's features (B, F, H, W) to each prototype (C, F), over the temperature."""
     return torch.einsum("bfhw,cf->bchw", F.normalize(features, dim=1),
@@ -197,11 +202,10 @@ class CDTG(Plugin):
                         ) -> torch.Tensor:
         """Text-guided prototypes (C, F): the moving average where seen, the class token where not; with a
         training batch's prototypes, the average as this batch updates it, the batch's share keeping its gradient."""
-        m = self.hparams["momentum"]
-        seen, bank = self.seen.clone()[:, None], self.prototypes.clone()  # the buffers move after this step
-        out = torch.where(seen, bank, self.tokens())
+        seen, bank = self.seen.clone(), self.prototypes.clone()  # the buffers move after this step
+        out = torch.where(seen[:, None], bank, self.tokens())
         if batch is not None:
-            mixed = torch.where(seen, m * bank + (1 - m) * batch, batch)
+            mixed = moved_average(bank, seen, batch, self.hparams["momentum"])
             out = torch.where(present[:, None], mixed, out)
         return out
 
@@ -219,9 +223,8 @@ class CDTG(Plugin):
 
     def _track(self, bank: torch.Tensor, seen: torch.Tensor, batch: torch.Tensor, present: torch.Tensor) -> None:
         """Move the moving average ``bank`` towards ``batch`` for the present classes (first sighting: set it)."""
-        m = self.hparams["momentum"]
         with torch.no_grad():
-            update = torch.where(seen[:, None], m * bank + (1 - m) * batch, batch)
+            update = moved_average(bank, seen, batch, self.hparams["momentum"])
             bank.copy_(torch.where(present[:, None], update, bank))
             seen |= present
 
