@@ -83,6 +83,8 @@ def build_parser(prog: str = "python -m benchmark") -> argparse.ArgumentParser:
     pub.add_argument("dir", nargs="?", default=DEFAULT_OUT, help="the run directory (--out of run) to publish")
     pub.add_argument("--to", default=None,
                      help="leaderboards directory (default: the checkout's leaderboards/; an installed copy needs it)")
+    pub.add_argument("--selection", default=None,
+                     help="a selection study's policies to publish as rows (default: every policy)")
     pub.add_argument("--replace", action="store_true", help="allow replacing a row by one with fewer seeds")
     pub.add_argument("--allow-dirty", action="store_true",
                      help="allow rows whose trials ran from a tree with uncommitted changes")
@@ -140,6 +142,12 @@ def _add_run_parser(sub, presets: str) -> None:
     r.add_argument("--steps", type=int, default=None, help="override the preset's number of training steps")
     r.add_argument("--hparam-samples", type=_int_list, default="0",
                    help="hyperparameter samples (0 = defaults); e.g. 0-4")
+    r.add_argument("--selection", default="last",
+                   help="model-selection policies, each its own rows from the same trials: last, source-val, "
+                        "entropy, im, snd, oracle-target (an upper bound, never a result); any but last alone makes "
+                        "the trials a selection study, which holds out 20%% of the labeled slices for source-val")
+    r.add_argument("--select-every", type=int, default=None,
+                   help="a selection study's candidate interval in steps (default: the preset's checkpoint_every)")
     r.add_argument("--out", default=DEFAULT_OUT, help="results directory")
     r.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPU cores Ray reserves for each trial")
     r.add_argument("--gpus-per-trial", default="auto",
@@ -167,6 +175,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .progress import NORMAL, QUIET, VERBOSE, RunDisplay
     from .protocol import row_name
     from .runner import build_grid, run_grid, run_lock
+    from .selection import expand_selections
     from .store import ResultsStore
     from .tracking import check_tracker, where_tracked
 
@@ -179,9 +188,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError(f"--cpus-per-trial {args.cpus_per_trial:g} is impossible: give a positive number of CPUs.")
     if args.steps is not None and args.steps < 1:
         raise UsageError(f"--steps {args.steps} is impossible: train for at least one step.")
+    policies, validation = _study(args)
     specs = build_grid(dataset=args.dataset, methods=args.methods, shots=args.shots, directions=args.directions,
                        seeds=args.seeds, preset=args.preset, hparam_samples=args.hparam_samples,
-                       data_root=args.data_root, preset_overrides={"steps": args.steps}, precision=args.precision)
+                       data_root=args.data_root, preset_overrides={"steps": args.steps}, precision=args.precision,
+                       validation=validation)
     out = Path(args.out)
     store = ResultsStore(out)
     states = [store.status(s) for s in specs]
@@ -205,7 +216,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         summary = run_grid(specs, out, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=gpus_per_trial,
                            address=args.address, retry_failed=args.retry_failed, display=RunDisplay(mode=mode),
                            log=_silent if mode == QUIET else print, tracker=args.tracker)
-        records = list(store.records())
+        records = expand_selections(store.records(), policies)
         paths = write_leaderboards(records, out / "leaderboards")
     rows = build_rows(records)
     print()
@@ -223,6 +234,24 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"  {r['label']} ({r['trial_id']}): {r['error'].splitlines()[0][:300]}", file=sys.stderr)
         return 1
     return 0
+
+
+def _study(args: argparse.Namespace) -> tuple[list[str], dict]:
+    """The run's selection policies and, when any but ``last`` is asked for, its study settings."""
+    from .presets import get_preset
+    from .selection import parse_selection
+    from .validators import DEFAULT_HOLDOUT
+
+    policies = parse_selection(args.selection)
+    if policies == ["last"]:
+        if args.select_every is not None:
+            raise UsageError("--select-every sets a selection study's candidates; add policies with --selection, "
+                             "e.g. --selection last,source-val,snd,oracle-target.")
+        return policies, {}
+    every = args.select_every or int(get_preset(args.preset)["checkpoint_every"])
+    if every < 1:
+        raise UsageError(f"--select-every {every} is impossible: score candidates every one step or more.")
+    return policies, {"source_val": DEFAULT_HOLDOUT, "select_every": every}
 
 
 def _silent(line: str) -> None:
@@ -295,8 +324,11 @@ def cmd_publish(args: argparse.Namespace) -> int:
     directory = Path(args.dir)
     if not (directory / "trials").is_dir():
         raise UsageError(f"{directory} is not a run directory (it has no trials/ folder); pass the --out of a run.")
+    from .selection import expand_selections, parse_selection
+
     target = leaderboards_dir(args.to)
-    records = list(ResultsStore(directory).records())
+    records = expand_selections(ResultsStore(directory).records(),
+                                None if args.selection is None else parse_selection(args.selection))
     rows = build_rows(records)
     if rows.empty:
         raise UsageError(f"{directory} has no finished trials to publish.")

@@ -40,7 +40,7 @@ class BatchSampler:
     """Draws the batch for step ``t`` of a trial from the streams a method needs."""
 
     def __init__(self, cache: SliceCache, streams: dict[str, Stream], batch_size: int, seed: int,
-                 augment: str = "standard"):
+                 augment: str = "standard", exclude: dict[str, np.ndarray] | None = None):
         for name, stream in streams.items():
             if name not in STREAMS:
                 raise ValueError(f"Unknown stream {name!r}; streams are {', '.join(STREAMS)}.")
@@ -50,6 +50,10 @@ class BatchSampler:
         self.slices = {name: np.concatenate([np.arange(r.start, r.stop) for r in
                                              (cache.slice_range(stream.modality, c) for c in stream.cases)])
                        for name, stream in streams.items()}
+        # slices held out of training (a selection study's source-val slices) leave every stream of their modality
+        for name, stream in streams.items():
+            if exclude and stream.modality in exclude:
+                self.slices[name] = np.setdiff1d(self.slices[name], exclude[stream.modality])
         self.cache, self.streams, self.batch_size, self.seed = cache, streams, batch_size, seed
         self.augment = build_augmentation(augment)
 

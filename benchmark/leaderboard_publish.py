@@ -34,7 +34,7 @@ import pandas as pd
 from .errors import UsageError
 from .io import atomic_write_bytes, atomic_write_text
 from .leaderboard_aggregate import (VOLUME_COLUMNS, build_rows, recompute_gap_closed, sort_rows, sort_volumes,
-                                    volume_rows)
+                                    validator_table, volume_rows)
 from .leaderboard_render import render_markdown
 from .leaderboard_schema import (FLOAT_DECIMALS, METRICS, README_TEXT, conform, float_columns, normalize_shots,
                                  structures_of, track_rows, tracks)
@@ -156,7 +156,19 @@ def write_leaderboards(records: list[dict], out_dir: str | os.PathLike[str]) -> 
         for protocol, rows in _by_protocol(build_rows(recs)).items():
             v = volumes.get((dataset, direction, protocol), pd.DataFrame(columns=VOLUME_COLUMNS))
             paths.append(_write_track(rows, Path(out_dir), dataset, direction, protocol, v))
+        _write_validators(recs, Path(out_dir), dataset, direction)
     return paths
+
+
+def _write_validators(records: list[dict], root: Path, dataset: str, direction: str) -> Path | None:
+    """A track's ``<direction>.validators.csv`` (:func:`benchmark.leaderboard_aggregate.validator_table`) when
+    its records hold a selection study; None otherwise."""
+    table = validator_table(records)
+    if table.empty:
+        return None
+    path = _csv_path(root, dataset, direction).with_suffix(".validators.csv")
+    atomic_write_text(path, table.to_csv(index=False, float_format=f"%.{FLOAT_DECIMALS}f"))
+    return path
 
 
 def _structures_with_data(df: pd.DataFrame, structures: Sequence[str]) -> list[str]:

@@ -340,8 +340,12 @@ class Plugin(nn.Module):
 class SegmenterMethod(Method):
     """A method built around one U-Net ``segmenter``: it predicts, exposes features and owns the first optimizer.
 
-    Subclasses add their own networks and append their optimizers to ``self.optimizers``.
+    Subclasses add their own networks and append their optimizers to ``self.optimizers``. The segmenter's loss
+    weight ``dice_weight`` is declared here once, with one search distribution for every method that trains a
+    segmenter with :func:`benchmark.losses.dice_ce_loss`.
     """
+
+    HPARAMS = {"dice_weight": HParam(1.0, uniform(0.5, 2.0), "weight of the soft Dice term beside cross-entropy")}
 
     def __init__(self, ctx: MethodContext, hparams: dict[str, Any]):
         super().__init__(ctx, hparams)
@@ -405,7 +409,6 @@ class SupervisedMethod(SegmenterMethod):
     """A U-Net trained with Dice + cross-entropy on one labeled stream (the reference rows' shared core)."""
 
     labeled_stream: ClassVar[str] = "source"
-    HPARAMS = {"dice_weight": HParam(1.0, uniform(0.5, 2.0), "weight of the soft Dice term beside cross-entropy")}
 
     def update(self, batch: Batch, step: int) -> dict[str, float]:
         x = getattr(batch, f"{self.labeled_stream}_x")

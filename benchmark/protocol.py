@@ -30,7 +30,6 @@ import numpy as np
 from .errors import UsageError
 
 PROTOCOL = "fsuda-v2"
-SELECTION_POLICIES = ("last",)
 
 
 def parse_direction(direction: str, modalities: Sequence[str] | None = None) -> tuple[str, str]:
@@ -114,12 +113,15 @@ class TrialSpec:
     plugins: list[dict[str, Any]] = field(default_factory=list)
     #: The training step's requested precision (:mod:`benchmark.precision`); ``auto`` follows the device.
     precision: str = "auto"
+    #: A selection study (:mod:`benchmark.selection`): ``{"source_val": share held out, "select_every": steps}``;
+    #: empty for an ordinary trial, which reports its last weights.
+    validation: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         # fields added later are left out at their defaults, so that trials without them keep the hashes they
         # always had
-        for key, default in (("variant", ""), ("plugins", []), ("precision", "auto")):
+        for key, default in (("variant", ""), ("plugins", []), ("precision", "auto"), ("validation", {})):
             if d[key] == default:
                 del d[key]
         return d

@@ -34,7 +34,7 @@ from .hparams import resolve
 from .precision import parse_precision
 from .presets import get_preset
 from .progress import TRIAL_LOG, RunDisplay, TrialLog, append_log_line
-from .protocol import (SELECTION_POLICIES, TrialSpec, format_variant, parse_direction, parse_method_entry,
+from .protocol import (TrialSpec, format_variant, parse_direction, parse_method_entry,
                        parse_shots, row_name)
 from .registry import REPO_ROOT
 from .store import ResultsStore
@@ -47,9 +47,10 @@ MAX_RAY_TEMP_LEN = 36
 def build_grid(*, dataset: str, methods: Sequence[str], shots: Sequence[int | str], directions: Sequence[str] | None,
                seeds: Sequence[int], preset: str, hparam_samples: Sequence[int] = (0,),
                data_root: str | None = None, preset_overrides: dict[str, Any] | None = None,
-               hparam_overrides: dict[str, Any] | None = None, precision: str = "auto") -> list[TrialSpec]:
+               hparam_overrides: dict[str, Any] | None = None, precision: str = "auto",
+               validation: dict[str, Any] | None = None) -> list[TrialSpec]:
     """Every trial of a run, validated: unknown names, impossible shot counts and unsupported precisions fail
-    before anything runs."""
+    before anything runs. ``validation`` makes every trial a selection study (:mod:`benchmark.selection`)."""
     precision = parse_precision(precision)
     registry.discover()
     adapter = registry.get_dataset(dataset, data_root)
@@ -85,10 +86,11 @@ def build_grid(*, dataset: str, methods: Sequence[str], shots: Sequence[int | st
                     plugin_specs = [_plugin_spec(p, v, o, sample, adapter) for p, v, o in plugins]
                     specs.append(TrialSpec(
                         dataset=dataset, direction=direction, method=method, shots=k, seed=int(seed),
-                        preset=preset, hparam_sample=int(sample), hparams=hparams, selection=SELECTION_POLICIES[0],
+                        preset=preset, hparam_sample=int(sample), hparams=hparams, selection="last",
                         dataset_version=adapter.version, method_version=cls.version,
                         preset_settings=settings, data_root=str(Path(data_root).resolve()) if data_root else None,
-                        variant=variant, plugins=plugin_specs, precision=precision))
+                        variant=variant, plugins=plugin_specs, precision=precision,
+                        validation=dict(validation or {})))
     return specs
 
 

@@ -173,7 +173,8 @@ def _resume(path: Path, method: Method, schedulers: list, device: torch.device) 
 def train(spec: TrialSpec, method: Method, sampler: BatchSampler, trial_dir: Path, device: torch.device, *,
           report: Reporter | None = None, log: Callable[[str], None] = print,
           pipeline: dict[str, Any] | None = None,
-          compute: dict[str, Any] | None = None) -> tuple[dict[str, float], float]:
+          compute: dict[str, Any] | None = None,
+          on_step: Callable[[int], None] | None = None) -> tuple[dict[str, float], float]:
     """Run (or resume) the training loop of a trial; returns the last step's losses and the training seconds.
 
     Step ``t`` re-seeds torch from ``(seed, t)`` and draws its batch from the sampler's step ``t`` (``pipeline``,
@@ -182,7 +183,8 @@ def train(spec: TrialSpec, method: Method, sampler: BatchSampler, trial_dir: Pat
     written atomically every ``checkpoint_every`` steps, so an interrupted trial resumes exactly where it stopped.
     Every ``log_every`` steps it logs a step line and reports ``{"step", "total_steps", "timesteps_total", losses}``;
     in between (and once before the first step) it reports its step alone, flagged as a heartbeat, at most every
-    :data:`PROGRESS_EVERY_S` seconds. Reporting reads no random state, so it never changes a trial's numbers.
+    :data:`PROGRESS_EVERY_S` seconds. ``on_step(done)`` runs after every step (a selection study's candidates).
+    Reporting reads no random state, so it never changes a trial's numbers.
     """
     settings = spec.preset_settings
     total = int(method.total_steps)
@@ -216,6 +218,8 @@ def train(spec: TrialSpec, method: Method, sampler: BatchSampler, trial_dir: Pat
                     sch.step()
             done = step + 1
             elapsed = train_s + time.perf_counter() - t_train
+            if on_step is not None:
+                on_step(done)
             if done % settings["checkpoint_every"] == 0 and done < total:
                 _save_checkpoint(ckpt_path, method, schedulers, done, elapsed)
             if done % settings["log_every"] == 0 or done == total:
@@ -260,6 +264,8 @@ class TrialSetup:
     sampler: BatchSampler
     compute: dict[str, Any]
     method: Method
+    #: A selection study's held-out labeled slices: (modality, cache indices); None for an ordinary trial.
+    held_out: tuple[str, np.ndarray] | None = None
 
 
 def setup_trial(spec: TrialSpec, device: torch.device, log: Callable[[str], None] = print) -> TrialSetup:
@@ -271,11 +277,19 @@ def setup_trial(spec: TrialSpec, device: torch.device, log: Callable[[str], None
     cache = prepare(adapter, PreprocessSettings(size=settings["size"]), workers=1, log=log)
     method_cls = registry.METHODS.get(spec.method)
     streams = build_streams(adapter, spec, method_cls.streams)
-    sampler = BatchSampler(cache, streams, settings["batch_size"], spec.seed, settings.get("augment", "standard"))
+    held_out = None
+    if spec.validation:
+        from .validators import holdout_slices
+
+        labeled = next(s for s in streams.values() if s.labeled)
+        held_out = (labeled.modality, holdout_slices(cache, labeled.modality, labeled.cases,
+                                                     float(spec.validation["source_val"]), spec.seed, adapter.name))
+    sampler = BatchSampler(cache, streams, settings["batch_size"], spec.seed, settings.get("augment", "standard"),
+                           exclude=dict([held_out]) if held_out else None)
     torch.manual_seed(derive_seed("init", spec.seed))
     compute = compute_settings(spec.precision, device, method_cls)
     method = to_memory_format(build_method(spec, method_context(spec, adapter, cache, device)).to(device), compute)
-    return TrialSetup(adapter, cache, streams, sampler, compute, method)
+    return TrialSetup(adapter, cache, streams, sampler, compute, method, held_out)
 
 
 def run_trial(spec: TrialSpec, trial_dir: Path, *, device: torch.device | str = "cpu",
@@ -291,8 +305,14 @@ def run_trial(spec: TrialSpec, trial_dir: Path, *, device: torch.device | str = 
         log(f"[{spec.label}] {compute['note']}")
 
     pipeline = input_pipeline(device)
+    study = None
+    if spec.validation:
+        from .study import StudyRecorder
+
+        study = StudyRecorder(spec, setup, trial_dir, target, device, lambda: evaluate(
+            method, cache, adapter, target, device, settings["eval_batch_size"]))
     losses, train_s = train(spec, method, setup.sampler, trial_dir, device, report=report, log=log, pipeline=pipeline,
-                            compute=compute)
+                            compute=compute, on_step=None if study is None else study.on_step)
     _atomic_torch_save({"method": method.state_dict(), "step": int(method.total_steps)},
                        Path(trial_dir) / FINAL_WEIGHTS)
 
@@ -302,7 +322,8 @@ def run_trial(spec: TrialSpec, trial_dir: Path, *, device: torch.device | str = 
     summary = summarise(volumes, structures)
     eval_s = time.perf_counter() - t_eval
     log(f"[{spec.label}] target Dice {summary['dice']['mean']:.4f} ASSD {summary['assd_mm']['mean']:.2f} mm")
-    return {"structures": structures, "volumes": volumes, "summary": summary, "final_losses": losses,
+    extra = {} if study is None else study.finish(volumes, summary)
+    return {**extra, "structures": structures, "volumes": volumes, "summary": summary, "final_losses": losses,
             "timing": {"train_s": round(train_s, 3), "eval_s": round(eval_s, 3),
                        "total_s": round(time.perf_counter() - t0, 3)},
             "device": str(device), "determinism": determinism_settings(device), "input_pipeline": pipeline,

@@ -27,7 +27,6 @@ class AdaptSeg(OutputAdversaryMethod):
     HPARAMS = {
         "adv_weight": HParam(0.001, log_uniform(1e-4, 1e-2), "weight of the adversarial term (paper: 0.001)"),
         "gan": HParam("vanilla", choice(["vanilla", "lsgan"]), "GAN objective"),
-        "dice_weight": HParam(1.0, None, "weight of the soft Dice term beside cross-entropy"),
     }
 
     def update(self, batch, step):

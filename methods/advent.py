@@ -28,7 +28,6 @@ class Advent(OutputAdversaryMethod):
         "variant": HParam("advent", choice(["advent", "minent"]), "adversarial (advent) or direct (minent)"),
         "ent_weight": HParam(0.001, log_uniform(1e-4, 1e-2), "MinEnt weight (paper: 0.001)"),
         "adv_weight": HParam(0.001, log_uniform(1e-4, 1e-2), "AdvEnt weight (paper: 0.001)"),
-        "dice_weight": HParam(1.0, None, "weight of the soft Dice term beside cross-entropy"),
     }
 
     def __init__(self, ctx, hparams):

@@ -63,7 +63,6 @@ class CycleGANUDA(SegmenterMethod):
         "input_skip": HParam(True, choice([False, True]), "feed the input image to the generator's output layer"),
         "pool_size": HParam(50, None, "image pool size (paper: 50)"),
         "use_originals": HParam(False, choice([False, True]), "also train the segmenter on untranslated images"),
-        "dice_weight": HParam(1.0, None, "weight of the soft Dice term beside cross-entropy"),
     }
 
     def __init__(self, ctx, hparams):

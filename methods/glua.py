@@ -175,7 +175,6 @@ class GLUA(SegmenterMethod):
         "local_weight": HParam(0.01, log_uniform(1e-3, 1e-1), "weight of the feature-level adversarial loss"),
         "mask_strength": HParam(1.0, uniform(0.5, 1.0), "mask = (1 - s) + s * normalised gap"),
         "d_lr": HParam(1e-4, log_uniform(3e-5, 3e-4), "Adam learning rate of the feature discriminator"),
-        "dice_weight": HParam(1.0, None, "weight of the soft Dice term beside cross-entropy"),
     }
 
     def __init__(self, ctx, hparams):

@@ -119,7 +119,6 @@ class MetaHallucinator(PairedMetaStep, SegmenterMethod):
         "ema_decay": HParam(0.99, uniform(0.95, 0.999), "teacher EMA decay"),
         "target_fraction": HParam(1.0, None, "fraction of the target batch used for consistency (random)"),
         "predict_with_teacher": HParam(False, None, "evaluate the teacher instead of the student"),
-        "dice_weight": HParam(1.0, None, "weight of the soft Dice term beside cross-entropy"),
     }
 
     def __init__(self, ctx, hparams):

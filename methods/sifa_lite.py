@@ -96,7 +96,6 @@ class SIFALite(SegmenterMethod):
         "recon_width": HParam(16, None, "width of the reconstruction decoder U"),
         "gen_blocks": HParam(2, None, "residual blocks of the generator (SIFA: 9)"),
         "pool_size": HParam(50, None, "image pool size"),
-        "dice_weight": HParam(1.0, None, "weight of the soft Dice term beside cross-entropy"),
     }
 
     def __init__(self, ctx, hparams):
