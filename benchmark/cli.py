@@ -205,6 +205,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"Plan: {len(specs)} trials ({dims}) on {args.dataset}, preset {args.preset}.")
     print(f"      {n_ok} already finished, {n_failed} failed earlier"
           f" ({'to retry' if args.retry_failed else 'kept; --retry-failed runs them again'}), {to_run} to run.")
+    if validation:
+        print(f"      Selection study: rows for {', '.join(policies)}; {validation['source_val']:.0%} of the labeled "
+              f"slices held out for source-val, candidates every {validation['select_every']} steps.")
     print(f"      Results: {out / 'trials'}   Leaderboards: {out / 'leaderboards'}")
     if args.tracker is not None:
         print(f"      Tracking: {where_tracked(args.tracker, out)}")

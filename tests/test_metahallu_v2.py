@@ -312,6 +312,9 @@ def test_random_hallucinator_reproduces_version_1_step_for_step():
             torch.manual_seed(100 + step)
             losses = m.update(make_batch(step, blobs=True), step)
             assert losses.keys() == expected.keys(), case
-            assert losses == pytest.approx(expected, rel=1e-5, abs=1e-7), (case, step)
+            # the reference was recorded on another CPU: oneDNN picks kernels by CPU, which moves the last float
+            # bits, and six Adam steps through second-order gradients amplify them to ~4e-4 relative; a changed
+            # draw or formula moves the losses by percent
+            assert losses == pytest.approx(expected, rel=1e-3, abs=1e-6), (case, step)
         weights = sum(float(p.detach().double().abs().sum()) for p in m.parameters())
-        assert weights == pytest.approx(reference["cases"][case]["weights_abs_sum"], rel=1e-6), case
+        assert weights == pytest.approx(reference["cases"][case]["weights_abs_sum"], rel=1e-5), case

@@ -97,6 +97,13 @@ def test_unknown_policy_is_named():
         parse_selection("last,sndd")
 
 
+def test_plan_names_the_study(capsys):
+    assert main(["run", "--methods", "source_only", "--shots", "4", "--selection", "last,snd,oracle-target",
+                 "--select-every", "50", "--dry-run"]) == 0
+    assert ("Selection study: rows for last, snd, oracle-target; 20% of the labeled slices held out for source-val, "
+            "candidates every 50 steps.") in capsys.readouterr().out
+
+
 def test_selection_flag_errors_exit_2(capsys):
     assert main(["run", "--selection", "best", "--dry-run"]) == 2
     assert "Unknown selection policy 'best'" in capsys.readouterr().err
