@@ -10,6 +10,7 @@ study's training is the training it would be without the scoring.
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any, Callable
 
 import torch
 
-from .io import atomic_write_json
+from .io import atomic_write_bytes, atomic_write_json
 from .protocol import TrialSpec
 from .selection import POLICIES
 from .validators import CandidateScorer
@@ -30,15 +31,13 @@ class StudyRecorder:
     """Scores and keeps candidates of one study trial; :meth:`finish` gives the record's study fields."""
 
     def __init__(self, spec: TrialSpec, setup, trial_dir: Path, target: str, device: torch.device,
-                 evaluate_test: Callable[[], list[dict[str, Any]]]):
-        from .trainer import summarise
-
+                 evaluate_test: Callable[[], dict[str, Any]]):
         self.spec, self.method, self.device = spec, setup.method, device
         self.dir = Path(trial_dir)
         self.every = int(spec.validation["select_every"])
         self.total = int(setup.method.total_steps)
         self.structures = list(setup.adapter.classes)
-        self._evaluate = lambda: self._test(evaluate_test(), summarise)
+        self._evaluate = evaluate_test  # {"volumes", "summary"} of the target test volumes now
         modality, held = setup.held_out
         self.held_out = {"modality": modality, "slices": int(len(held)),
                          "share": float(spec.validation["source_val"])}
@@ -49,9 +48,6 @@ class StudyRecorder:
         self.candidates: dict[int, dict[str, Any]] = (
             {c["step"]: c for c in json.loads(path.read_text())} if path.exists() else {})
         self.seconds = 0.0
-
-    def _test(self, volumes, summarise) -> dict[str, Any]:
-        return {"volumes": volumes, "summary": summarise(volumes, self.structures)}
 
     def on_step(self, done: int) -> None:
         if done % self.every and done != self.total:
@@ -66,9 +62,9 @@ class StudyRecorder:
         if done != self.total:
             weights = self.dir / CANDIDATE_WEIGHTS / f"step{done}.pt"
             weights.parent.mkdir(parents=True, exist_ok=True)
-            from .trainer import _atomic_torch_save
-
-            _atomic_torch_save({"method": self.method.state_dict(), "step": done}, weights)
+            buffer = io.BytesIO()
+            torch.save({"method": self.method.state_dict(), "step": done}, buffer)
+            atomic_write_bytes(weights, buffer.getvalue(), fsync=True)
         self._save()
         self._prune()
         self.seconds += time.perf_counter() - t0

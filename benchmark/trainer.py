@@ -309,8 +309,11 @@ def run_trial(spec: TrialSpec, trial_dir: Path, *, device: torch.device | str = 
     if spec.validation:
         from .study import StudyRecorder
 
-        study = StudyRecorder(spec, setup, trial_dir, target, device, lambda: evaluate(
-            method, cache, adapter, target, device, settings["eval_batch_size"]))
+        def evaluate_test() -> dict[str, Any]:
+            vols = evaluate(method, cache, adapter, target, device, settings["eval_batch_size"])
+            return {"volumes": vols, "summary": summarise(vols, list(adapter.classes))}
+
+        study = StudyRecorder(spec, setup, trial_dir, target, device, evaluate_test)
     losses, train_s = train(spec, method, setup.sampler, trial_dir, device, report=report, log=log, pipeline=pipeline,
                             compute=compute, on_step=None if study is None else study.on_step)
     _atomic_torch_save({"method": method.state_dict(), "step": int(method.total_steps)},
