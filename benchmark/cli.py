@@ -251,7 +251,7 @@ def _study(args: argparse.Namespace) -> tuple[list[str], dict]:
             raise UsageError("--select-every sets a selection study's candidates; add policies with --selection, "
                              "e.g. --selection last,source-val,snd,oracle-target.")
         return policies, {}
-    every = args.select_every or int(get_preset(args.preset)["checkpoint_every"])
+    every = int(get_preset(args.preset)["checkpoint_every"]) if args.select_every is None else args.select_every
     if every < 1:
         raise UsageError(f"--select-every {every} is impossible: score candidates every one step or more.")
     return policies, {"source_val": DEFAULT_HOLDOUT, "select_every": every}

@@ -91,6 +91,17 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
     return _atomic_write(path, text.encode("utf-8"), fsync=True)
 
 
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """``torch.save(obj)`` to ``path`` atomically and durably (a reader sees the old file or the new, never half)."""
+    import io
+
+    import torch  # here, not at the top: the light modules that write files never need it
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue(), fsync=True)
+
+
 def load_tensors(path: str | Path, what: str, map_location: Any = "cpu") -> Any:
     """``torch.load(path, weights_only=True)``: tensors, numbers, strings and containers of them, never code.
 

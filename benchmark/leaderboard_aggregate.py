@@ -27,9 +27,8 @@ GAP_EPS = 1e-9
 
 def preset_label(config: dict) -> str:
     """The preset a trial ran with, followed by every setting that differs from the named preset:
-    ``quick[steps=20]``, or ``quick`` for the preset as defined (a selection study adds its settings:
-    ``quick[select_every=50,source_val=0.2]``) (the name alone for one the suite does not
-    define, e.g. ``external``)."""
+    ``quick[steps=20]``, or ``quick`` for the preset as defined (the name alone for one the suite does not
+    define, e.g. ``external``). A selection study adds its settings: ``quick[select_every=50,source_val=0.2]``."""
     name = config["preset"]
     if name not in PRESETS:
         return name

@@ -10,7 +10,6 @@ study's training is the training it would be without the scoring.
 
 from __future__ import annotations
 
-import io
 import json
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any, Callable
 
 import torch
 
-from .io import atomic_write_bytes, atomic_write_json
+from .io import atomic_torch_save, atomic_write_json
 from .protocol import TrialSpec
 from .selection import POLICIES
 from .validators import CandidateScorer
@@ -32,11 +31,10 @@ class StudyRecorder:
 
     def __init__(self, spec: TrialSpec, setup, trial_dir: Path, target: str, device: torch.device,
                  evaluate_test: Callable[[], dict[str, Any]]):
-        self.spec, self.method, self.device = spec, setup.method, device
+        self.method, self.device = setup.method, device
         self.dir = Path(trial_dir)
         self.every = int(spec.validation["select_every"])
         self.total = int(setup.method.total_steps)
-        self.structures = list(setup.adapter.classes)
         self._evaluate = evaluate_test  # {"volumes", "summary"} of the target test volumes now
         modality, held = setup.held_out
         self.held_out = {"modality": modality, "slices": int(len(held)),
@@ -62,11 +60,9 @@ class StudyRecorder:
         if done != self.total:
             weights = self.dir / CANDIDATE_WEIGHTS / f"step{done}.pt"
             weights.parent.mkdir(parents=True, exist_ok=True)
-            buffer = io.BytesIO()
-            torch.save({"method": self.method.state_dict(), "step": done}, buffer)
-            atomic_write_bytes(weights, buffer.getvalue(), fsync=True)
+            atomic_torch_save({"method": self.method.state_dict(), "step": done}, weights)
         self._save()
-        self._prune()
+        self._keep_chosen()
         self.seconds += time.perf_counter() - t0
 
     def _save(self) -> None:
@@ -76,20 +72,22 @@ class StudyRecorder:
         scored = [c for c in self.candidates.values() if c["test"] is not None]
         return {name: policy.choose(scored)["step"] for name, policy in POLICIES.items() if scored}
 
-    def _prune(self) -> None:
-        keep = set(self._chosen().values())
+    def _keep_chosen(self) -> dict[str, int]:
+        """Delete the candidate weights no policy picks now; returns each policy's pick."""
+        chosen = self._chosen()
+        keep = set(chosen.values())
         folder = self.dir / CANDIDATE_WEIGHTS
         for f in folder.glob("step*.pt") if folder.is_dir() else ():
             if int(f.stem[4:]) not in keep:  # a candidate that lost once can never be picked again
                 f.unlink()
+        return chosen
 
     def finish(self, volumes: list[dict[str, Any]], summary: dict[str, Any]) -> dict[str, Any]:
         """The study's fields of the trial record: its candidates, each policy's pick and the held-out share."""
         last = self.candidates.setdefault(self.total, {"step": self.total, "scores": {}, "test": None})
         last["test"] = {"volumes": volumes, "summary": summary}
         self._save()
-        self._prune()
-        chosen = self._chosen()
+        chosen = self._keep_chosen()
         return {"candidates": [self.candidates[k] for k in sorted(self.candidates)],
                 "selected": {name: {"step": step, "weights": (f"{CANDIDATE_WEIGHTS}/step{step}.pt"
                                                               if step != self.total else "model.pt")}
@@ -97,9 +95,4 @@ class StudyRecorder:
                 "held_out": self.held_out, "selection_s": round(self.seconds, 3)}
 
 
-def candidate_steps(total: int, every: int) -> list[int]:
-    """The steps a study scores: every ``every`` steps and the last."""
-    return sorted(set(range(every, total + 1, every)) | {total})
-
-
-__all__ = ["StudyRecorder", "candidate_steps", "CANDIDATES"]
+__all__ = ["StudyRecorder", "CANDIDATES"]

@@ -11,7 +11,6 @@ non-determinism).
 
 from __future__ import annotations
 
-import io
 import math
 import time
 import warnings
@@ -26,7 +25,7 @@ from . import registry
 from .cache import PreprocessSettings, SliceCache, prepare
 from .data import BatchSampler, Prefetcher
 from .errors import TrialDiverged
-from .io import atomic_write_bytes, load_tensors
+from .io import atomic_torch_save, load_tensors
 from .method import Method, MethodContext
 from .metrics import evaluate_volume, mean_over_structures
 from .models import build_segmenter
@@ -68,12 +67,6 @@ def lr_lambda(warmup: int, total: int, start: int = 0) -> Callable[[int], float]
         return max(0.0, 1.0 - (step - warmup) / max(1, total - warmup)) ** 0.9
 
     return f
-
-
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    atomic_write_bytes(path, buffer.getvalue(), fsync=True)
 
 
 @torch.no_grad()
@@ -152,7 +145,7 @@ def build_schedulers(method: Method, warmup: int) -> list[torch.optim.lr_schedul
 
 
 def _save_checkpoint(path: Path, method: Method, schedulers: list, step: int, train_s: float) -> None:
-    _atomic_torch_save({"method": method.state_dict(), "step": step,
+    atomic_torch_save({"method": method.state_dict(), "step": step,
                         "optimizers": [o.state_dict() for o in method.optimizers],
                         "schedulers": [s.state_dict() for s in schedulers], "train_s": train_s}, path)
 
@@ -285,7 +278,7 @@ def setup_trial(spec: TrialSpec, device: torch.device, log: Callable[[str], None
         held_out = (labeled.modality, holdout_slices(cache, labeled.modality, labeled.cases,
                                                      float(spec.validation["source_val"]), spec.seed, adapter.name))
     sampler = BatchSampler(cache, streams, settings["batch_size"], spec.seed, settings.get("augment", "standard"),
-                           exclude=dict([held_out]) if held_out else None)
+                           exclude={held_out[0]: held_out[1]} if held_out else None)
     torch.manual_seed(derive_seed("init", spec.seed))
     compute = compute_settings(spec.precision, device, method_cls)
     method = to_memory_format(build_method(spec, method_context(spec, adapter, cache, device)).to(device), compute)
@@ -316,7 +309,7 @@ def run_trial(spec: TrialSpec, trial_dir: Path, *, device: torch.device | str = 
         study = StudyRecorder(spec, setup, trial_dir, target, device, evaluate_test)
     losses, train_s = train(spec, method, setup.sampler, trial_dir, device, report=report, log=log, pipeline=pipeline,
                             compute=compute, on_step=None if study is None else study.on_step)
-    _atomic_torch_save({"method": method.state_dict(), "step": int(method.total_steps)},
+    atomic_torch_save({"method": method.state_dict(), "step": int(method.total_steps)},
                        Path(trial_dir) / FINAL_WEIGHTS)
 
     t_eval = time.perf_counter()

@@ -109,6 +109,8 @@ def test_selection_flag_errors_exit_2(capsys):
     assert "Unknown selection policy 'best'" in capsys.readouterr().err
     assert main(["run", "--select-every", "50", "--dry-run"]) == 2
     assert "--select-every sets a selection study" in capsys.readouterr().err
+    assert main(["run", "--selection", "last,snd", "--select-every", "0", "--dry-run"]) == 2
+    assert "--select-every 0 is impossible" in capsys.readouterr().err
 
 
 # ---- held-out slices and a study trial --------------------------------------------------------------------------
