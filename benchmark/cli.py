@@ -219,8 +219,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         summary = run_grid(specs, out, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=gpus_per_trial,
                            address=args.address, retry_failed=args.retry_failed, display=RunDisplay(mode=mode),
                            log=_silent if mode == QUIET else print, tracker=args.tracker)
-        records = expand_selections(store.records(), policies)
-        paths = write_leaderboards(records, out / "leaderboards")
+        raw = list(store.records())
+        paths = write_leaderboards(raw, out / "leaderboards", policies)
+        records = expand_selections(raw, policies)
     rows = build_rows(records)
     print()
     print(format_table(rows))
@@ -329,14 +330,16 @@ def cmd_publish(args: argparse.Namespace) -> int:
         raise UsageError(f"{directory} is not a run directory (it has no trials/ folder); pass the --out of a run.")
     from .selection import expand_selections, parse_selection
 
+    from .leaderboard_validators import validator_tables
+
     target = leaderboards_dir(args.to)
-    records = expand_selections(ResultsStore(directory).records(),
-                                None if args.selection is None else parse_selection(args.selection))
+    raw = list(ResultsStore(directory).records())
+    records = expand_selections(raw, None if args.selection is None else parse_selection(args.selection))
     rows = build_rows(records)
     if rows.empty:
         raise UsageError(f"{directory} has no finished trials to publish.")
-    for path in publish(rows, target, volumes=volume_rows(records), replace=args.replace,
-                        allow_dirty=args.allow_dirty, dry_run=args.dry_run, log=print):
+    for path in publish(rows, target, volumes=volume_rows(records), validators=validator_tables(raw),
+                        replace=args.replace, allow_dirty=args.allow_dirty, dry_run=args.dry_run, log=print):
         print(f"Published {path}")
     return 0
 

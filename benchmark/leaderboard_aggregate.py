@@ -19,7 +19,7 @@ from .leaderboard_schema import (FLOAT_DECIMALS, KEY_COLUMNS, METRICS, ORACLE, S
                                  method_sort_key, normalize_shots, shots_sort_key)
 from .presets import PRESETS, get_preset
 from .protocol import row_name
-from .selection import LABEL_FREE, expand_selections, is_study
+from .selection import expand_selections
 
 #: A reference gap (oracle minus source-only Dice) at most this large leaves ``gap_closed`` empty.
 GAP_EPS = 1e-9
@@ -215,39 +215,3 @@ def sort_volumes(df: pd.DataFrame) -> pd.DataFrame:
         df["preset"].iloc[i], df["dataset_version"].iloc[i], df["method_version"].iloc[i],
         int(df["seed"].iloc[i]), str(df["case"].iloc[i]), str(df["structure"].iloc[i])))
     return df.iloc[order].reset_index(drop=True)
-
-
-#: The columns of a track's ``<direction>.validators.csv``.
-VALIDATOR_COLUMNS = ["method", "shots", "preset", "validator", "candidates", "trials", "spearman", "kendall"]
-
-
-def validator_table(records: Iterable[dict[str, Any]]):
-    """How well each validator ranks checkpoints: per (method, shots, preset) of one track, the Spearman and
-    Kendall rank correlations between a validator's score and mean target test Dice over every candidate of every
-    ``ok`` study trial (all seeds and hyperparameter samples pooled), as a DataFrame in :data:`VALIDATOR_COLUMNS`.
-    A correlation is empty (NaN) where a validator or the Dice is constant."""
-    from scipy import stats
-
-    pooled: dict[tuple, list[dict[str, Any]]] = {}
-    trials: dict[tuple, int] = {}
-    for rec in records:
-        if rec.get("status") != "ok" or not is_study(rec):
-            continue
-        c = rec["config"]
-        key = (row_name(c["method"], c.get("variant", ""), c.get("plugins", ())), str(c["shots"]),
-               preset_label(c))
-        pooled.setdefault(key, []).extend(rec["candidates"])
-        trials[key] = trials.get(key, 0) + 1
-    lines = []
-    for (method, shots, preset), cands in sorted(pooled.items()):
-        dice = [float(x["test"]["summary"]["dice"]["mean"]) for x in cands]
-        for name in ("source-val", *LABEL_FREE):
-            score = [float(x["scores"].get(name, math.nan)) for x in cands]
-            ok = [i for i, v in enumerate(score) if v == v]
-            a, b = [score[i] for i in ok], [dice[i] for i in ok]
-            constant = len(set(a)) < 2 or len(set(b)) < 2
-            lines.append({"method": method, "shots": shots, "preset": preset, "validator": name,
-                          "candidates": len(ok), "trials": trials[(method, shots, preset)],
-                          "spearman": math.nan if constant else float(stats.spearmanr(a, b).statistic),
-                          "kendall": math.nan if constant else float(stats.kendalltau(a, b).statistic)})
-    return pd.DataFrame(lines, columns=VALIDATOR_COLUMNS)

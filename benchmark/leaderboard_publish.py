@@ -34,11 +34,12 @@ import pandas as pd
 from .errors import UsageError
 from .io import atomic_write_bytes, atomic_write_text
 from .leaderboard_aggregate import (VOLUME_COLUMNS, build_rows, recompute_gap_closed, sort_rows, sort_volumes,
-                                    validator_table, volume_rows)
+                                    volume_rows)
 from .leaderboard_render import render_markdown
 from .leaderboard_schema import (FLOAT_DECIMALS, METRICS, README_TEXT, conform, float_columns, normalize_shots,
                                  structures_of, track_rows, tracks)
 from .leaderboard_stats import row_key, table_statistics
+from .leaderboard_validators import validator_summary, validator_tables, write_validators
 from .protocol import PROTOCOL
 
 ARCHIVE = "archive"
@@ -144,11 +145,18 @@ def _write_track(df: pd.DataFrame, root: Path, dataset: str, direction: str, pro
     return csv_path
 
 
-def write_leaderboards(records: list[dict], out_dir: str | os.PathLike[str]) -> list[Path]:
-    """Write the files of every track in ``records`` under ``out_dir/<dataset>/`` (overwriting); rows of an earlier
-    protocol go to that track's archive. Returns the CSV paths, sorted by track."""
+def write_leaderboards(records: list[dict], out_dir: str | os.PathLike[str],
+                       policies: Sequence[str] | None = None) -> list[Path]:
+    """Write the files of every track in ``records`` (the results store's records) under ``out_dir/<dataset>/``
+    (overwriting): a selection study's trials give one row per policy in ``policies`` (default: every policy) and
+    the track's ``<direction>.validators.csv``. Rows of an earlier protocol go to that track's archive. Returns the
+    CSV paths of the boards, sorted by track."""
+    from .selection import expand_selections
+
+    records = list(records)
+    validators = validator_tables(records)
     by_track: dict[tuple[str, str], list[dict]] = {}
-    for rec in records:
+    for rec in expand_selections(records, policies):
         by_track.setdefault((rec["config"]["dataset"], rec["config"]["direction"]), []).append(rec)
     paths = []
     for (dataset, direction), recs in sorted(by_track.items()):
@@ -156,19 +164,13 @@ def write_leaderboards(records: list[dict], out_dir: str | os.PathLike[str]) -> 
         for protocol, rows in _by_protocol(build_rows(recs)).items():
             v = volumes.get((dataset, direction, protocol), pd.DataFrame(columns=VOLUME_COLUMNS))
             paths.append(_write_track(rows, Path(out_dir), dataset, direction, protocol, v))
-        _write_validators(recs, Path(out_dir), dataset, direction)
+        if (dataset, direction) in validators:
+            write_validators(validators[(dataset, direction)], _validators_path(Path(out_dir), dataset, direction))
     return paths
 
 
-def _write_validators(records: list[dict], root: Path, dataset: str, direction: str) -> Path | None:
-    """A track's ``<direction>.validators.csv`` (:func:`benchmark.leaderboard_aggregate.validator_table`) when
-    its records hold a selection study; None otherwise."""
-    table = validator_table(records)
-    if table.empty:
-        return None
-    path = _csv_path(root, dataset, direction).with_suffix(".validators.csv")
-    atomic_write_text(path, table.to_csv(index=False, float_format=f"%.{FLOAT_DECIMALS}f"))
-    return path
+def _validators_path(root: Path, dataset: str, direction: str) -> Path:
+    return _csv_path(root, dataset, direction).with_suffix(".validators.csv")
 
 
 def _structures_with_data(df: pd.DataFrame, structures: Sequence[str]) -> list[str]:
@@ -207,8 +209,9 @@ def _merge_volumes(incoming: pd.DataFrame, existing: pd.DataFrame) -> pd.DataFra
 
 
 def _describe(row: pd.Series) -> str:
-    return (f"{row['dataset']}/{row['direction']} {row['method']} {row['shots']}-shot, preset {row['preset']}, "
-            f"version {row['method_version']}")
+    selection = "" if row["selection"] == "last" else f", selection {row['selection']}"
+    return (f"{row['dataset']}/{row['direction']} {row['method']} {row['shots']}-shot{selection}, preset "
+            f"{row['preset']}, version {row['method_version']}")
 
 
 def _seeds(row: pd.Series) -> str:
@@ -262,9 +265,11 @@ def publish_plan(rows: pd.DataFrame, root: Path) -> PublishPlan:
 
 
 def publish(rows: pd.DataFrame, leaderboards_dir: str | os.PathLike[str], *,
-            volumes: dict[tuple[str, str, str], pd.DataFrame] | None = None, replace: bool = False,
+            volumes: dict[tuple[str, str, str], pd.DataFrame] | None = None,
+            validators: dict[tuple[str, str], pd.DataFrame] | None = None, replace: bool = False,
             allow_dirty: bool = False, dry_run: bool = False, log: Callable[[str], None] | None = None) -> list[Path]:
-    """Merge ``rows`` (and their per-volume tables ``volumes``, by (dataset, direction, protocol)) into the boards
+    """Merge ``rows`` (and their per-volume tables ``volumes``, by (dataset, direction, protocol), and validator
+    correlations ``validators``, by (dataset, direction): :mod:`benchmark.leaderboard_validators`) into the boards
     under ``leaderboards_dir``.
 
     An incoming row replaces the existing row with the same key; other rows are kept. Every addition and
@@ -296,7 +301,10 @@ def publish(rows: pd.DataFrame, leaderboards_dir: str | os.PathLike[str], *,
                          f"with fewer seeds only with --replace, rows whose trials ran from a tree with "
                          f"uncommitted changes (their commit cannot be re-run) are published only with --allow-dirty, "
                          f"and one board holds one version of each method.")
+    validators = {t: v for t, v in (validators or {}).items() if not v.empty}
     if dry_run:
+        for (dataset, direction), table in validators.items():
+            write_validators(table, _validators_path(root, dataset, direction), merge=True, log=log, dry_run=True)
         return []
     paths = []
     for dataset, direction in (tracks(rows) if not rows.empty else []):
@@ -314,7 +322,9 @@ def publish(rows: pd.DataFrame, leaderboards_dir: str | os.PathLike[str], *,
         merged = _merge_track(incoming, existing)
         paths.append(_write_track(merged, root, dataset, direction, volumes=_merge_volumes(new_volumes,
                                                                                             existing_volumes)))
-    atomic_write_text(root / "README.md", README_TEXT)
+    for (dataset, direction), table in validators.items():
+        paths.append(write_validators(table, _validators_path(root, dataset, direction), merge=True, log=log))
+    atomic_write_text(root / "README.md", README_TEXT + validator_summary(root))
     return paths
 
 

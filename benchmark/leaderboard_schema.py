@@ -217,6 +217,10 @@ direction (a *track*):
   (a challengeR "blob plot") at the largest shot count;
 * `<dataset>/<direction>.volumes.csv` - one line per trial x test volume x
   structure: the data behind every interval, rank and comparison;
+* `<dataset>/<direction>.validators.csv` - for the rows of a selection study,
+  how well each checkpoint score ranks a method's checkpoints by target test
+  Dice (Spearman, Kendall; one line per method, method version, shots, preset
+  and validator), summarised at the end of this file;
 * `<dataset>/archive/<protocol>/<direction>.*` - the rows of an earlier
   protocol, moved there unchanged when the first rows of the next one were
   published (one table never mixes protocols: `fsuda-v1` scored on the

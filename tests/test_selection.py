@@ -205,7 +205,7 @@ def test_dice_weight_is_declared_once_and_searchable_everywhere():
 
 
 def test_validator_table_rank_correlations_by_hand():
-    from benchmark.leaderboard_aggregate import validator_table
+    from benchmark.leaderboard_validators import validator_table
 
     config = study_spec().to_dict()
 
@@ -227,18 +227,43 @@ def test_validator_table_rank_correlations_by_hand():
     assert set(table["candidates"]) == {4} and set(table["trials"]) == {2}
 
 
-def test_run_writes_the_validator_table_beside_the_board(tmp_path):
+def test_run_and_publish_write_the_validator_table_beside_the_board(tmp_path, capsys):
     import pandas as pd
     from scipy import stats
 
     from benchmark.leaderboard import write_leaderboards
+    from benchmark.store import ResultsStore
 
     spec = study_spec(steps=4)
-    rec = {"status": "ok", "config": spec.to_dict(), "commit": "x", "trial_id": spec.trial_id,
-           **run_trial(spec, tmp_path, log=lambda s: None)}
-    write_leaderboards([rec], tmp_path / "boards")
-    table = pd.read_csv(tmp_path / "boards" / "synthetic-heart" / "mr2ct.validators.csv").set_index("validator")
+    store = ResultsStore(tmp_path / "run")
+    store.start(spec)
+    store.write_result(spec, run_trial(spec, store.trial_dir(spec), log=lambda s: None))
+    rec = next(iter(store.records()))
+    write_leaderboards(list(store.records()), tmp_path / "boards", ["last", "snd"])
+    board = tmp_path / "boards" / "synthetic-heart"
+    assert sorted(pd.read_csv(board / "mr2ct.csv")["selection"]) == ["last", "snd"]
+    table = pd.read_csv(board / "mr2ct.validators.csv").set_index("validator")
     dice = [c["test"]["summary"]["dice"]["mean"] for c in rec["candidates"]]
     snd = [c["scores"]["snd"] for c in rec["candidates"]]
     assert table.loc["snd", "kendall"] == pytest.approx(stats.kendalltau(snd, dice).statistic, abs=1e-4)
-    assert table.loc["snd", "candidates"] == 2
+    assert table.loc["snd", "candidates"] == 2 and table.loc["snd", "method_version"] == 1
+
+    published = tmp_path / "published"
+    assert main(["publish", str(tmp_path / "run"), "--to", str(published), "--dry-run", "--allow-dirty"]) == 0
+    out = capsys.readouterr().out
+    assert "would add validator correlations mr2ct.validators.csv: source_only 1 1 " in out
+    assert "source_only 1-shot, selection snd, preset" in out  # each policy's row is named apart
+    assert not published.exists()
+    assert main(["publish", str(tmp_path / "run"), "--to", str(published), "--allow-dirty"]) == 0
+    path = published / "synthetic-heart" / "mr2ct.validators.csv"
+    first = path.read_text()
+    assert first == (board / "mr2ct.validators.csv").read_text()
+    readme = (published / "README.md").read_text()
+    assert "## Validator quality" in readme and "| synthetic-heart/mr2ct | 1 |" in readme
+    # another group joins the file; publishing the same trial again replaces its group, named, and changes nothing
+    other = pd.read_csv(path, dtype=str, keep_default_na=False).assign(shots="4")
+    path.write_text(other.to_csv(index=False, lineterminator="\n") + first.split("\n", 1)[1])
+    assert main(["publish", str(tmp_path / "run"), "--to", str(published), "--allow-dirty"]) == 0
+    assert "replace validator correlations mr2ct.validators.csv: source_only 1 1 " in capsys.readouterr().out
+    lines = pd.read_csv(path, dtype={"shots": str})
+    assert sorted(set(lines["shots"])) == ["1", "4"] and len(lines) == 8
