@@ -428,9 +428,13 @@ def test_mean_over_structures():
         mean_over_structures({})
 
 
+@pytest.mark.parametrize("share", [math.inf, 0.0], ids=["shell-search", "distance-transform"])
 @pytest.mark.parametrize("seed", range(4))
-def test_boundary_and_nearest_distances_equal_scipys_erosion_and_distance_transform(seed):
+def test_boundary_and_nearest_distances_equal_scipys_erosion_and_distance_transform(seed, share, monkeypatch):
+    import benchmark.metrics
     from benchmark.metrics import SHELL_VOXELS, _boundary, _distances_to
+
+    monkeypatch.setattr(benchmark.metrics, "EDT_SHARE", share)  # each of the two exact paths
 
     rng = np.random.default_rng(seed)
     shape = (30, 26, 22)
@@ -446,3 +450,17 @@ def test_boundary_and_nearest_distances_equal_scipys_erosion_and_distance_transf
     reference = ndimage.distance_transform_edt(~target, sampling=spacing)[expected]
     assert (reference > SHELL_VOXELS * min(spacing)).any() and (reference <= SHELL_VOXELS * min(spacing)).any()
     np.testing.assert_allclose(got, reference, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_matches_medpy_on_noisy_predictions(medpy_binary, seed):
+    """An untrained model's speckled masks: their boundaries exceed EDT_SHARE of the crop, so the distances come
+    from the distance transform rather than the shell search."""
+    from benchmark.metrics import EDT_SHARE, _boundary
+
+    rng = np.random.default_rng(seed)
+    shape = (28, 24, 12)
+    pred = rng.random(shape) < 0.3
+    ref = ndimage.gaussian_filter(rng.standard_normal(shape), 2.0) > 0.2
+    assert _boundary(pred).sum() > EDT_SHARE * pred.size
+    _assert_matches_medpy(medpy_binary, pred, ref, _random_spacing(rng, 3))
