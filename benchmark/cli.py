@@ -71,6 +71,9 @@ def build_parser(prog: str = "python -m benchmark") -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND",
                            help="one of the commands below; COMMAND --help describes its options")
     _add_run_parser(sub, presets)
+    from .tune import add_tune_parser
+
+    add_tune_parser(sub, presets, _csv, _int_list)
 
     sub.add_parser("ls", help="list methods and datasets with where each was loaded from")
 
@@ -387,7 +390,14 @@ def cmd_visualize(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "bench": cmd_bench, "ls": cmd_ls, "leaderboard": cmd_leaderboard, "publish": cmd_publish,
+def cmd_tune(args: argparse.Namespace) -> int:
+    from .tune import cmd_tune as tune
+
+    return tune(args)
+
+
+COMMANDS = {"run": cmd_run, "tune": cmd_tune, "bench": cmd_bench, "ls": cmd_ls, "leaderboard": cmd_leaderboard,
+            "publish": cmd_publish,
             "prepare": cmd_prepare, "validate": cmd_validate, "visualize": cmd_visualize,
             "evaluate": cmd_evaluate, "predict": cmd_predict, "compare": cmd_compare}
 

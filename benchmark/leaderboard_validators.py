@@ -3,11 +3,11 @@
 A selection study (:mod:`benchmark.study`) keeps, for every candidate checkpoint of a trial, the scores of the
 validators (:mod:`benchmark.validators`) and the target test metrics. ``<direction>.validators.csv`` holds, per
 (method, method version, shots, preset) of a track and per validator, the Spearman and Kendall rank correlations
-between the validator's score and mean target test Dice over every candidate of every ``ok`` study trial (all seeds
-and hyperparameter samples pooled), as in Musgrave, Belongie and Lim, "Benchmarking Validation Methods for
-Unsupervised Domain Adaptation" (2022). Publishing merges a run's lines into the published file (a group's lines
-replace the file's lines of the same group, reported) and summarises every track's file in the leaderboards
-README.
+between the validator's score and mean target test Dice over every candidate of every ``ok`` study trial (all
+seeds and hyperparameter samples pooled, with the trials a search stopped early), as in Musgrave, Belongie and
+Lim, "Benchmarking Validation Methods for Unsupervised Domain Adaptation" (2022). Publishing merges a run's lines
+into the published file (a group's lines replace the file's lines of the same group, reported) and summarises
+every track's file in the leaderboards README.
 """
 
 from __future__ import annotations
@@ -51,12 +51,12 @@ def validator_table(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     pooled: dict[tuple, list[dict[str, Any]]] = {}
     trials: dict[tuple, int] = {}
     for rec in records:
-        if rec.get("status") != "ok" or not is_study(rec):
+        if rec.get("status") not in ("ok", "stopped") or not is_study(rec):  # a search's stopped trials count
             continue
         c = rec["config"]
         key = (row_name(c["method"], c.get("variant", ""), c.get("plugins", ())), _method_version(c),
                str(c["shots"]), preset_label(c))
-        pooled.setdefault(key, []).extend(rec["candidates"])
+        pooled.setdefault(key, []).extend(x for x in rec["candidates"] if x.get("test") is not None)
         trials[key] = trials.get(key, 0) + 1
     lines = []
     for key, cands in sorted(pooled.items()):

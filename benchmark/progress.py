@@ -257,6 +257,12 @@ class RunDisplay:
         detail = "Dice n/a" if dice is None else f"Dice {dice:.4f}"
         self._trial_line("ok", label, detail, seconds)
 
+    def stopped(self, key: str, *, step: int | None, steps: int | None, seconds: float | None = None) -> None:
+        """A search's scheduler stopped a trial early (it counts as finished): one line with the step it reached."""
+        label, seconds = self.progress.finish(key, ok=True, seconds=seconds)
+        at = f" at step {step}/{steps}" if step is not None and steps is not None else ""
+        self._trial_line("stopped", label, f"stopped early by the scheduler{at}", seconds)
+
     def failed(self, key: str, *, error: str, seconds: float | None = None, log_path: Path | None = None) -> None:
         """A trial failed: one line with the first line of its error (and where its log is)."""
         label, seconds = self.progress.finish(key, ok=False, seconds=seconds)

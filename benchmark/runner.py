@@ -16,6 +16,7 @@ cluster instead, whose nodes must have this package installed.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import itertools
 import logging
@@ -37,7 +38,7 @@ from .progress import TRIAL_LOG, RunDisplay, TrialLog, append_log_line
 from .protocol import (TrialSpec, format_variant, parse_direction, parse_method_entry,
                        parse_shots, row_name)
 from .registry import REPO_ROOT
-from .store import ResultsStore
+from .store import FINISHED, ResultsStore
 from .tracking import RAY_RESULTS
 
 #: Ray's unix socket paths must stay under ~107 bytes; its session folder adds about 70 characters.
@@ -160,7 +161,7 @@ def execute_trial(spec: TrialSpec, store: ResultsStore, *, device: str = "cpu", 
     from .trainer import run_trial
 
     status = store.status(spec)
-    if status in ("ok", "failed"):
+    if status in FINISHED:
         return store.read(spec)
     trial_dir = store.start(spec)
     with TrialLog(trial_dir / TRIAL_LOG, echo=log) as trial_log:
@@ -247,8 +248,9 @@ def ray_session(out: Path, *, address: str | None, num_cpus: int | None = None, 
 
 def make_tuner(trainable: Callable[[dict[str, Any]], None], param_space: dict[str, Any], out: Path,
                cpus_per_trial: float, gpus_per_trial: float, *, callbacks: Sequence[Any] = (),
-               tracker: str | None = None):
-    """A Tuner running ``trainable`` once per entry of ``param_space["spec"]`` with per-trial resources.
+               tracker: str | None = None, search: Search | None = None):
+    """A Tuner running ``trainable`` once per entry of ``param_space["spec"]`` with per-trial resources; with
+    ``search``, under its scheduler (:mod:`benchmark.tune`), at most ``search.concurrent`` trials at once.
 
     Ray packs trials onto the cluster by these resources: with ``gpus_per_trial=0.5`` two trials share a GPU.
     Tune prints nothing itself: its legacy output engine at verbosity 0 is silent (the default one always prints
@@ -263,10 +265,14 @@ def make_tuner(trainable: Callable[[dict[str, Any]], None], param_space: dict[st
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
+    if search is not None:  # a trial's step reports carry no score; only its candidates' reports do
+        os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     space = dict(param_space, spec=tune.grid_search(list(param_space["spec"])))
     return tune.Tuner(
         tune.with_resources(trainable, {"cpu": cpus_per_trial, "gpu": gpus_per_trial}), param_space=space,
-        tune_config=tune.TuneConfig(num_samples=1, reuse_actors=True),
+        tune_config=tune.TuneConfig(num_samples=1, reuse_actors=search is None,
+                                    scheduler=None if search is None else search.scheduler,
+                                    max_concurrent_trials=None if search is None else search.concurrent),
         run_config=tune.RunConfig(name=RAY_RESULTS.name, storage_path=str((out / RAY_RESULTS.parent).resolve()),
                                   verbose=0,
                                   callbacks=[*callbacks, *logger_callbacks(tracker, out)],
@@ -353,6 +359,15 @@ def bounded_interrupt(grace_s: float = INTERRUPT_GRACE_S) -> Iterator[None]:
             timer.cancel()
 
 
+@dataclass(frozen=True)
+class Search:
+    """How ``tune`` (:mod:`benchmark.tune`) runs its trials: under Ray Tune's ``scheduler``, ``concurrent`` at a
+    time (one by default, so that the scheduler's decisions do not depend on which trial finishes first)."""
+
+    scheduler: Any
+    concurrent: int = 1
+
+
 @dataclass
 class RunSummary:
     total: int
@@ -360,6 +375,7 @@ class RunSummary:
     ran: int
     ok: int
     failed: int
+    stopped: int = 0
 
 
 def _precision_line(specs: Sequence[TrialSpec], device: str) -> str:
@@ -374,20 +390,22 @@ def _precision_line(specs: Sequence[TrialSpec], device: str) -> str:
 def run_grid(specs: list[TrialSpec], out: Path, *, cpus_per_trial: float = 1, gpus_per_trial: float | str = 0,
              address: str | None = None, retry_failed: bool = False, num_cpus: int | None = None,
              num_gpus: float | None = None, log: Callable[[str], None] = print, display: RunDisplay | None = None,
-             tracker: str | None = None, announce: Callable[[str], None] = print) -> RunSummary:
+             tracker: str | None = None, announce: Callable[[str], None] = print,
+             search: Search | None = None) -> RunSummary:
     """Run every unfinished trial of ``specs`` on Ray Tune, recording each in ``out``'s results store.
 
     ``gpus_per_trial`` may be ``"auto"`` (:func:`benchmark.resources.resolve_placement`); the request is checked
     against the cluster's nodes before any cache is prepared or trial started, and ``announce`` gets the line that
     names the device and how many trials run at once. ``display`` shows the run as it goes (default: the standard
     display on stdout); ``tracker`` names an experiment tracker of :data:`benchmark.tracking.TRACKERS` that the
-    trials' losses are logged to.
+    trials' losses are logged to. ``search`` runs the trials as a hyperparameter search under its scheduler; a
+    trial the scheduler stops is recorded as ``stopped``.
     """
     store = ResultsStore(out)
     todo = []
     for spec in specs:
         status = store.status(spec)
-        if status == "ok" or (status == "failed" and not retry_failed):
+        if status in ("ok", "stopped") or (status == "failed" and not retry_failed):
             continue
         if status == "failed":
             store.start(spec, fresh=True)
@@ -409,12 +427,14 @@ def run_grid(specs: list[TrialSpec], out: Path, *, cpus_per_trial: float = 1, gp
     progress = ProgressCallback(display, store, log_offsets=offsets)
     with bounded_interrupt(), ray_session(out, address=address, num_cpus=num_cpus, num_gpus=num_gpus):
         placement = resolve_placement(cpus_per_trial, gpus_per_trial, alive_nodes())
+        if search is not None:
+            placement = dataclasses.replace(placement, concurrent=min(placement.concurrent, search.concurrent))
         announce(placement.describe() + _precision_line(todo, placement.device))
         _prepare_caches(todo, log)
         display.begin(len(todo), skipped=len(specs) - len(todo))
         try:
             tuner = make_tuner(_tune_trainable, param_space, out, placement.cpus, placement.gpus,
-                               callbacks=[progress], tracker=tracker)
+                               callbacks=[progress], tracker=tracker, search=search)
             grid = tuner.fit()
         finally:
             display.close()
@@ -422,23 +442,28 @@ def run_grid(specs: list[TrialSpec], out: Path, *, cpus_per_trial: float = 1, gp
         for result in grid:
             if result.error is not None and result.config:
                 errors[TrialSpec.from_dict(result.config["spec"]).trial_id] = result.error
-    return _count_outcomes(specs, todo, store, errors)
+    return _count_outcomes(specs, todo, store, errors, stopped=set() if search is None else progress.stopped)
 
 
 def _count_outcomes(specs: list[TrialSpec], todo: list[TrialSpec], store: ResultsStore,
-                    errors: dict[str, Any]) -> RunSummary:
-    """The run's summary; a trial whose worker died unrecorded is recorded as failed with Ray's error."""
-    ok = failed = 0
+                    errors: dict[str, Any], stopped: set[str] = frozenset()) -> RunSummary:
+    """The run's summary; a trial whose worker died unrecorded is recorded as failed with Ray's error, one that a
+    search's scheduler stopped (its id in ``stopped``) as stopped."""
+    ok = failed = n_stopped = 0
     for spec in todo:
         status = store.status(spec)
-        if status not in ("ok", "failed"):
+        if status not in FINISHED and spec.trial_id in stopped and spec.trial_id not in errors:
+            store.write_stopped(spec, "stopped early by the search's scheduler")
+            status = "stopped"
+        if status not in FINISHED:
             err = errors.get(spec.trial_id, "the trial's worker stopped without recording a result")
             store.write_failure(spec, f"Ray reported: {err}")
             append_log_line(store.trial_dir(spec) / TRIAL_LOG, f"[{spec.label}] FAILED: Ray reported: {err}")
             status = "failed"
         ok += status == "ok"
         failed += status == "failed"
-    return RunSummary(len(specs), len(specs) - len(todo), len(todo), ok, failed)
+        n_stopped += status == "stopped"
+    return RunSummary(len(specs), len(specs) - len(todo), len(todo), ok, failed, n_stopped)
 
 
 def _size(path: Path) -> int:

@@ -8,6 +8,11 @@ candidate, the highest score wins, ties go to the later step.
 
 ``oracle-target`` reads target test labels: it bounds what selection could buy and is never a result; boards mark
 its rows so.
+
+The trials of a hyperparameter search (``python -m benchmark tune``; ``validation["search"]`` set) give one row
+per seed instead: :func:`expand_tuned` picks, over every candidate of every sample the search ran (the trials its
+scheduler stopped early included), the one with the best score on the search's validator, and reports it as
+selection ``tuned-<validator>``.
 """
 
 from __future__ import annotations
@@ -93,14 +98,67 @@ def is_study(record: dict[str, Any]) -> bool:
     return bool(record.get("config", {}).get("validation")) and bool(record.get("candidates"))
 
 
+def is_search(record: dict[str, Any]) -> bool:
+    """Whether ``record`` is a trial of a hyperparameter search (``tune``)."""
+    return bool((record.get("config", {}).get("validation") or {}).get("search"))
+
+
+def tuned_label(validator: str) -> str:
+    return f"tuned-{validator}"
+
+
+def expand_tuned(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A search's records (``ok`` and ``stopped`` trials of every hyperparameter sample) as one record per search
+    and seed: that of the candidate with the highest score on the search's validator (``validation["tune_by"]``;
+    ties go to the lower sample, then the later step), with ``config["selection"]`` ``tuned-<validator>``,
+    ``config["hparam_sample"]`` 0 (the row is the search's, not one sample's) and the chosen sample and step in
+    ``tuned_sample`` and ``selected_step``. Failed records pass unchanged (a failed sample keeps its own row)."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for rec in records:
+        c = rec["config"]
+        key = repr({k: v for k, v in c.items() if k not in ("hparam_sample", "hparams", "plugins")}
+                   | {"plugins": [{k: v for k, v in p.items() if k not in ("hparams", "hparam_sample")}
+                                  for p in c.get("plugins", ())]})
+        groups.setdefault(key, []).append(rec)
+    out = []
+    for recs in groups.values():
+        scored = [(rec, cand) for rec in recs if rec.get("status") in ("ok", "stopped")
+                  for cand in rec.get("candidates") or () if cand.get("test") is not None]
+        out.extend(r for r in recs if r.get("status") == "failed")  # failed samples stay on the board as such
+        if not scored:
+            continue
+        name = recs[0]["config"]["validation"]["tune_by"]
+
+        def rank(pair):
+            value = pair[1]["scores"].get(name)
+            value = -math.inf if value is None or value != value else float(value)
+            return value, -int(pair[0]["config"].get("hparam_sample", 0)), int(pair[1]["step"])
+
+        rec, cand = max(scored, key=rank)
+        view = copy.copy(rec)
+        view["config"] = {**rec["config"], "selection": tuned_label(name), "hparam_sample": 0}
+        view["status"] = "ok"
+        view["volumes"], view["summary"] = cand["test"]["volumes"], cand["test"]["summary"]
+        view["selected_step"], view["tuned_sample"] = cand["step"], int(rec["config"].get("hparam_sample", 0))
+        view["candidates"] = None
+        out.append(view)
+    return out
+
+
 def expand_selections(records: Iterable[dict[str, Any]], policies: Sequence[str] | None = None
                       ) -> list[dict[str, Any]]:
     """Every record, with each ``ok`` study record replaced by one record per policy (default: all of
     :data:`POLICIES`): its ``config["selection"]`` names the policy and its volumes and summary are those of the
-    chosen candidate. Other records pass unchanged; a failed study record stays once, as ``last``."""
+    chosen candidate. The records of a search become one record per search and seed (:func:`expand_tuned`).
+    Other records pass unchanged; a failed study record stays once, as ``last``."""
     names = list(POLICIES) if policies is None else list(policies)
-    out = []
+    records = list(records)
+    searches = [r for r in records if is_search(r) and (r.get("candidates") is not None or r["status"] == "failed")]
+    out = expand_tuned(searches) if searches else []
+    taken = {id(r) for r in searches}
     for rec in records:
+        if id(rec) in taken:
+            continue
         if rec.get("status") != "ok" or not is_study(rec):
             out.append(rec)
             continue
@@ -115,4 +173,5 @@ def expand_selections(records: Iterable[dict[str, Any]], policies: Sequence[str]
     return out
 
 
-__all__ = ["SelectionPolicy", "POLICIES", "LABEL_FREE", "parse_selection", "expand_selections", "is_study"]
+__all__ = ["SelectionPolicy", "POLICIES", "LABEL_FREE", "parse_selection", "expand_selections", "expand_tuned",
+           "is_study", "is_search", "tuned_label"]

@@ -73,6 +73,10 @@ def software_versions() -> dict[str, str]:
     return versions
 
 
+#: The statuses of a finished trial (one a run does not start again).
+FINISHED = ("ok", "failed", "stopped")
+
+
 class ResultsStore:
     """Trial records under ``<root>/trials``."""
 
@@ -84,12 +88,13 @@ class ResultsStore:
         return self.trials / spec.trial_id
 
     def status(self, spec: TrialSpec) -> str:
-        """``"ok"``, ``"failed"``, ``"incomplete"`` (started, not finished) or ``"missing"``."""
+        """``"ok"``, ``"failed"``, ``"stopped"`` (ended early by a search's scheduler), ``"incomplete"`` (started,
+        not finished) or ``"missing"``."""
         d = self.trial_dir(spec)
         marker = d / DONE
         if marker.exists():
             status = marker.read_text().strip()
-            return status if status in ("ok", "failed") else "incomplete"
+            return status if status in FINISHED else "incomplete"
         return "incomplete" if d.exists() else "missing"
 
     def start(self, spec: TrialSpec, *, fresh: bool = False) -> Path:
@@ -132,6 +137,17 @@ class ResultsStore:
         return self._finish(spec, {"status": "failed", "error": message, "traceback": tb, "summary": None,
                                    "volumes": [], "timing": timing or {}})
 
+    def write_stopped(self, spec: TrialSpec, reason: str) -> dict[str, Any]:
+        """Record a search's trial that its scheduler stopped early: the candidates it scored (its
+        ``candidates.json``) and the last step it reached; no test metrics of its own."""
+        from .study import CANDIDATES
+
+        path = self.trial_dir(spec) / CANDIDATES
+        candidates = [c for c in (json.loads(path.read_text()) if path.exists() else []) if c.get("test")]
+        return self._finish(spec, {"status": "stopped", "error": None, "stopped": reason, "summary": None,
+                                   "volumes": [], "candidates": candidates,
+                                   "stopped_at": max((c["step"] for c in candidates), default=0)})
+
     def read(self, spec_or_id: TrialSpec | str) -> dict[str, Any] | None:
         """The finished record of a trial, or None if it has not finished."""
         tid = spec_or_id.trial_id if isinstance(spec_or_id, TrialSpec) else spec_or_id
@@ -141,7 +157,7 @@ class ResultsStore:
         return json.loads((d / RESULT).read_text())
 
     def records(self) -> Iterator[dict[str, Any]]:
-        """Every finished record (ok and failed) in the store; unfinished trials are skipped."""
+        """Every finished record (ok, failed and stopped) in the store; unfinished trials are skipped."""
         if not self.trials.is_dir():
             return
         for d in sorted(self.trials.iterdir()):

@@ -6,6 +6,10 @@ trial's ``candidates.json`` (written atomically, so a resumed trial keeps what i
 ``candidates/step<k>.pt``. Only the weights some policy currently picks are kept: the store holds the few
 checkpoints the rows need, not all. Scoring runs in evaluation mode with torch's random state restored, so a
 study's training is the training it would be without the scoring.
+
+A trial of a search (``python -m benchmark tune``, :mod:`benchmark.tune`) names its validator in
+``validation["tune_by"]``; each candidate's score on it, and nothing computed from target labels, is reported to
+Ray Tune as ``score_<validator>`` so that the search's scheduler can stop the trial early.
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ class StudyRecorder:
     """Scores and keeps candidates of one study trial; :meth:`finish` gives the record's study fields."""
 
     def __init__(self, spec: TrialSpec, setup, trial_dir: Path, target: str, device: torch.device,
-                 evaluate_test: Callable[[], dict[str, Any]]):
+                 evaluate_test: Callable[[], dict[str, Any]],
+                 report: Callable[[dict[str, Any]], None] | None = None):
         self.method, self.device = setup.method, device
         self.dir = Path(trial_dir)
         self.every = int(spec.validation["select_every"])
@@ -46,6 +51,9 @@ class StudyRecorder:
         self.candidates: dict[int, dict[str, Any]] = (
             {c["step"]: c for c in json.loads(path.read_text())} if path.exists() else {})
         self.seconds = 0.0
+        tune_by = spec.validation.get("tune_by")
+        self.report = report if tune_by else None
+        self.tune_by = tune_by
 
     def on_step(self, done: int) -> None:
         if done % self.every and done != self.total:
@@ -64,6 +72,9 @@ class StudyRecorder:
         self._save()
         self._keep_chosen()
         self.seconds += time.perf_counter() - t0
+        if self.report is not None and done != self.total:  # the last step's score waits for the final record
+            self.report({"step": done, "total_steps": self.total, "timesteps_total": done,
+                         score_key(self.tune_by): float(scores[self.tune_by])})
 
     def _save(self) -> None:
         atomic_write_json(self.dir / CANDIDATES, [self.candidates[k] for k in sorted(self.candidates)])
@@ -95,4 +106,9 @@ class StudyRecorder:
                 "held_out": self.held_out, "selection_s": round(self.seconds, 3)}
 
 
-__all__ = ["StudyRecorder", "CANDIDATES"]
+def score_key(validator: str) -> str:
+    """The name under which a search's trials report ``validator``'s score to Ray Tune."""
+    return "score_" + validator.replace("-", "_")
+
+
+__all__ = ["StudyRecorder", "CANDIDATES", "score_key"]

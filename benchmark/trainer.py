@@ -306,7 +306,7 @@ def run_trial(spec: TrialSpec, trial_dir: Path, *, device: torch.device | str = 
             vols = evaluate(method, cache, adapter, target, device, settings["eval_batch_size"])
             return {"volumes": vols, "summary": summarise(vols, list(adapter.classes))}
 
-        study = StudyRecorder(spec, setup, trial_dir, target, device, evaluate_test)
+        study = StudyRecorder(spec, setup, trial_dir, target, device, evaluate_test, report=report)
     losses, train_s = train(spec, method, setup.sampler, trial_dir, device, report=report, log=log, pipeline=pipeline,
                             compute=compute, on_step=None if study is None else study.on_step)
     atomic_torch_save({"method": method.state_dict(), "step": int(method.total_steps)},

@@ -34,6 +34,7 @@ class ProgressCallback(Callback):
         self._specs: dict[str, TrialSpec] = {}
         self._tail = LogTail()
         self._last_poll = 0.0
+        self.stopped: set[str] = set()  # the trials a search's scheduler stopped (their trial ids)
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles its run configuration into the experiment folder; the live display stays in this process
@@ -61,6 +62,10 @@ class ProgressCallback(Callback):
         result = trial.last_result or {}
         if result.get("status") == "ok":
             self.display.finished(spec.trial_id, dice=result.get("dice_mean"))
+            return
+        if "status" not in result and result.get("done"):  # a scheduler's STOP marks the last report done
+            self.stopped.add(spec.trial_id)
+            self.display.stopped(spec.trial_id, step=result.get("step"), steps=result.get("total_steps"))
             return
         record = self.store.read(spec) or {}
         self.display.failed(spec.trial_id, error=record.get("error") or "the trial recorded no error",
