@@ -184,13 +184,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if args.tracker is not None:
         check_tracker(args.tracker)
-    from .resources import parse_gpus
+    from .resources import check_trial_request, parse_gpus
 
     gpus_per_trial = parse_gpus(args.gpus_per_trial)
-    if args.cpus_per_trial <= 0:
-        raise UsageError(f"--cpus-per-trial {args.cpus_per_trial:g} is impossible: give a positive number of CPUs.")
-    if args.steps is not None and args.steps < 1:
-        raise UsageError(f"--steps {args.steps} is impossible: train for at least one step.")
+    check_trial_request(args.cpus_per_trial, args.steps)
     policies, validation = _study(args)
     specs = build_grid(dataset=args.dataset, methods=args.methods, shots=args.shots, directions=args.directions,
                        seeds=args.seeds, preset=args.preset, hparam_samples=args.hparam_samples,
@@ -245,7 +242,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _study(args: argparse.Namespace) -> tuple[list[str], dict]:
     """The run's selection policies and, when any but ``last`` is asked for, its study settings."""
-    from .presets import get_preset
+    from .presets import select_interval
     from .selection import parse_selection
     from .validators import DEFAULT_HOLDOUT
 
@@ -255,10 +252,7 @@ def _study(args: argparse.Namespace) -> tuple[list[str], dict]:
             raise UsageError("--select-every sets a selection study's candidates; add policies with --selection, "
                              "e.g. --selection last,source-val,snd,oracle-target.")
         return policies, {}
-    every = int(get_preset(args.preset)["checkpoint_every"]) if args.select_every is None else args.select_every
-    if every < 1:
-        raise UsageError(f"--select-every {every} is impossible: score candidates every one step or more.")
-    return policies, {"source_val": DEFAULT_HOLDOUT, "select_every": every}
+    return policies, {"source_val": DEFAULT_HOLDOUT, "select_every": select_interval(args.preset, args.select_every)}
 
 
 def _silent(line: str) -> None:

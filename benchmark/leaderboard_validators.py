@@ -85,8 +85,9 @@ def read_validators(path: Path) -> pd.DataFrame:
                        na_values=[""])[VALIDATOR_COLUMNS]
 
 
-def _keys(df: pd.DataFrame) -> set[tuple]:
-    return {tuple(str(v) for v in key) for key in df[GROUP].itertuples(index=False)}
+def _group_keys(df: pd.DataFrame) -> list[tuple[str, ...]]:
+    """Each line's group, as text."""
+    return [tuple(str(v) for v in key) for key in df[GROUP].itertuples(index=False)]
 
 
 def write_validators(table: pd.DataFrame, path: Path, merge: bool = False,
@@ -98,17 +99,16 @@ def write_validators(table: pd.DataFrame, path: Path, merge: bool = False,
     frames = [table]
     if merge:
         existing = read_validators(path)
-        new, old = _keys(table), _keys(existing)
+        existing_keys = _group_keys(existing)
+        new, old = set(_group_keys(table)), set(existing_keys)
         for key in sorted(new):
             verb = ("would " if dry_run else "") + ("replace" if key in old else "add")
             log(f"{verb} validator correlations {path.name}: {' '.join(key)}")
-        keep = [i for i, key in enumerate(existing[GROUP].itertuples(index=False))
-                if tuple(str(v) for v in key) not in new]
-        frames.insert(0, existing.iloc[keep])
+        frames.insert(0, existing.iloc[[i for i, key in enumerate(existing_keys) if key not in new]])
     if dry_run:
         return path
-    merged = pd.concat([f for f in frames if not f.empty], ignore_index=True) if any(
-        not f.empty for f in frames) else table
+    frames = [f for f in frames if not f.empty]
+    merged = pd.concat(frames, ignore_index=True) if frames else table
     order = sorted(range(len(merged)), key=lambda i: (
         *(str(merged[c].iloc[i]) for c in GROUP), VALIDATORS.index(merged["validator"].iloc[i])
         if merged["validator"].iloc[i] in VALIDATORS else len(VALIDATORS)))

@@ -45,3 +45,11 @@ def get_preset(name: str, **overrides: Any) -> dict[str, Any]:
             raise UsageError(f"Preset setting {key!r} does not exist; settings are {', '.join(settings)}.")
         settings[key] = value
     return settings
+
+
+def select_interval(preset: str, select_every: int | None) -> int:
+    """A selection study's steps between candidates: ``--select-every``, else the preset's ``checkpoint_every``."""
+    every = int(get_preset(preset)["checkpoint_every"]) if select_every is None else select_every
+    if every < 1:
+        raise UsageError(f"--select-every {every} is impossible: score candidates every one step or more.")
+    return every

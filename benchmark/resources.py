@@ -32,6 +32,14 @@ def parse_gpus(value: str) -> float | str:
     return gpus
 
 
+def check_trial_request(cpus_per_trial: float, steps: int | None) -> None:
+    """``--cpus-per-trial`` and ``--steps`` of ``run`` or ``tune``, refused when impossible."""
+    if cpus_per_trial <= 0:
+        raise UsageError(f"--cpus-per-trial {cpus_per_trial:g} is impossible: give a positive number of CPUs.")
+    if steps is not None and steps < 1:
+        raise UsageError(f"--steps {steps} is impossible: train for at least one step.")
+
+
 @dataclass(frozen=True)
 class Placement:
     """The resources each trial reserves, the device it trains on and how many trials run at once."""

@@ -405,7 +405,7 @@ def run_grid(specs: list[TrialSpec], out: Path, *, cpus_per_trial: float = 1, gp
     todo = []
     for spec in specs:
         status = store.status(spec)
-        if status in ("ok", "stopped") or (status == "failed" and not retry_failed):
+        if status in FINISHED and not (status == "failed" and retry_failed):
             continue
         if status == "failed":
             store.start(spec, fresh=True)

@@ -128,11 +128,12 @@ def expand_tuned(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         if not scored:
             continue
         name = recs[0]["config"]["validation"]["tune_by"]
+        policy = POLICIES[name]
 
         def rank(pair):
-            value = pair[1]["scores"].get(name)
-            value = -math.inf if value is None or value != value else float(value)
-            return value, -int(pair[0]["config"].get("hparam_sample", 0)), int(pair[1]["step"])
+            rec, cand = pair
+            value = policy.score(cand)  # NaN (no score) never wins
+            return -math.inf if value != value else value, -int(rec["config"].get("hparam_sample", 0)), cand["step"]
 
         rec, cand = max(scored, key=rank)
         view = copy.copy(rec)

@@ -31,6 +31,8 @@ from .registry import checkout_root
 DONE = "DONE"
 RESULT = "result.json"
 CONFIG = "config.json"
+#: A selection study's candidates (:mod:`benchmark.study` writes it while the trial trains).
+CANDIDATES = "candidates.json"
 TRIAL_LOG = "log.txt"
 
 
@@ -140,8 +142,6 @@ class ResultsStore:
     def write_stopped(self, spec: TrialSpec, reason: str) -> dict[str, Any]:
         """Record a search's trial that its scheduler stopped early: the candidates it scored (its
         ``candidates.json``) and the last step it reached; no test metrics of its own."""
-        from .study import CANDIDATES
-
         path = self.trial_dir(spec) / CANDIDATES
         candidates = [c for c in (json.loads(path.read_text()) if path.exists() else []) if c.get("test")]
         return self._finish(spec, {"status": "stopped", "error": None, "stopped": reason, "summary": None,

@@ -24,9 +24,9 @@ import torch
 from .io import atomic_torch_save, atomic_write_json
 from .protocol import TrialSpec
 from .selection import POLICIES
+from .store import CANDIDATES
 from .validators import CandidateScorer
 
-CANDIDATES = "candidates.json"
 CANDIDATE_WEIGHTS = "candidates"
 
 

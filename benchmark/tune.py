@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import astuple
 from pathlib import Path
 from typing import Callable
 
@@ -52,20 +53,15 @@ def parse_tune_by(text: str) -> str:
 
 
 def make_scheduler(name: str, metric: str, max_t: int, grace: int, reduction_factor: float = 3):
-    """Ray Tune's scheduler ``name`` (:data:`SCHEDULERS`) on ``metric`` (maximised) over ``timesteps_total``."""
+    """Ray Tune's scheduler ``name`` (one of :data:`SCHEDULERS`, checked by :func:`search_specs`) on ``metric``
+    (maximised) over ``timesteps_total``."""
     from ray.tune.schedulers import ASHAScheduler, AsyncHyperBandScheduler, FIFOScheduler
 
     if name == "fifo":
         return FIFOScheduler()
-    if reduction_factor <= 1:
-        raise UsageError(f"--reduction-factor {reduction_factor:g} is impossible: give a number above 1.")
     common = dict(time_attr="timesteps_total", metric=metric, mode="max", max_t=max_t,
                   grace_period=min(grace, max_t), reduction_factor=reduction_factor)
-    if name == "asha":
-        return ASHAScheduler(**common)
-    if name == "hyperband":
-        return AsyncHyperBandScheduler(brackets=3, **common)
-    raise UsageError(f"Unknown scheduler {name!r}; the schedulers are {', '.join(SCHEDULERS)}.")
+    return ASHAScheduler(**common) if name == "asha" else AsyncHyperBandScheduler(brackets=3, **common)
 
 
 def add_tune_parser(sub, presets: str, csv: Callable[[str], list[str]], int_list: Callable[[str], list[int]]
@@ -103,22 +99,22 @@ def add_tune_parser(sub, presets: str, csv: Callable[[str], list[str]], int_list
 def search_specs(args: argparse.Namespace) -> tuple[str, int, list[list]]:
     """The validator, the candidate interval and the trials of every search (one list per direction, method, shots
     and seed), checked before anything runs."""
-    from .presets import get_preset
+    from .presets import select_interval
+    from .resources import check_trial_request
     from .runner import build_grid
     from .validators import DEFAULT_HOLDOUT
 
     tune_by = parse_tune_by(args.selection)
     if args.scheduler not in SCHEDULERS:
         raise UsageError(f"Unknown scheduler {args.scheduler!r}; the schedulers are {', '.join(SCHEDULERS)}.")
+    if args.reduction_factor <= 1:
+        raise UsageError(f"--reduction-factor {args.reduction_factor:g} is impossible: give a number above 1.")
     if args.samples < 1:
         raise UsageError(f"--samples {args.samples} is impossible: a search runs at least one sample.")
     if args.concurrent < 1:
         raise UsageError(f"--concurrent {args.concurrent} is impossible: run at least one trial at a time.")
-    if args.steps is not None and args.steps < 1:
-        raise UsageError(f"--steps {args.steps} is impossible: train for at least one step.")
-    every = int(get_preset(args.preset)["checkpoint_every"]) if args.select_every is None else args.select_every
-    if every < 1:
-        raise UsageError(f"--select-every {every} is impossible: score candidates every one step or more.")
+    check_trial_request(args.cpus_per_trial, args.steps)
+    every = select_interval(args.preset, args.select_every)
     validation = {"source_val": DEFAULT_HOLDOUT, "select_every": every, "search": args.scheduler,
                   "samples": args.samples, "tune_by": tune_by}
     specs = build_grid(dataset=args.dataset, methods=args.methods, shots=args.shots, directions=args.directions,
@@ -140,10 +136,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from .study import score_key
 
     gpus = parse_gpus(args.gpus_per_trial)
-    if args.cpus_per_trial <= 0:
-        raise UsageError(f"--cpus-per-trial {args.cpus_per_trial:g} is impossible: give a positive number of CPUs.")
     tune_by, every, searches = search_specs(args)
-    make_scheduler(args.scheduler, score_key(tune_by), 1, 1, args.reduction_factor)  # checks the factor now
     out = Path(args.out)
     store = ResultsStore(out)
     n = sum(len(s) for s in searches)
@@ -168,7 +161,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
                          retry_failed=args.retry_failed, display=RunDisplay(mode=display_mode),
                          log=(lambda line: None) if args.quiet else print, search=search,
                          announce=(lambda line: None) if total.total else print)
-            total = RunSummary(*(a + b for a, b in zip(_fields(total), _fields(s))))
+            total = RunSummary(*(a + b for a, b in zip(astuple(total), astuple(s))))
         raw = list(store.records())
         write_leaderboards(raw, out / "leaderboards")
     rows = build_rows(expand_selections(raw))
@@ -178,10 +171,6 @@ def cmd_tune(args: argparse.Namespace) -> int:
     print(f"Done in {time.perf_counter() - t0:.0f} s: {total.ran} trials run ({total.ok} ok, {total.stopped} stopped "
           f"early, {total.failed} failed), {total.skipped} skipped as already recorded.")
     return 1 if total.failed else 0
-
-
-def _fields(summary) -> tuple[int, ...]:
-    return (summary.total, summary.skipped, summary.ran, summary.ok, summary.failed, summary.stopped)
 
 
 __all__ = ["SCHEDULERS", "TUNABLE", "add_tune_parser", "cmd_tune", "make_scheduler", "parse_tune_by",
