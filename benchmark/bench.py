@@ -18,7 +18,6 @@ resident set so far (``ru_maxrss``), which only grows, so read it as an upper bo
 from __future__ import annotations
 
 import json
-import platform
 import resource
 import tempfile
 import time
@@ -34,7 +33,7 @@ from .losses import dice_ce_loss
 from .models import build_segmenter
 from .precision import autocast, compute_settings, memory_format, to_memory_format
 from .runner import build_grid
-from .trainer import setup_trial, train
+from .trainer import cpu_model, setup_trial, train
 
 DATASET, DIRECTION = "synthetic-heart", "mr2ct"
 #: Matrix side of the GEMM rate, large enough to reach a CPU's peak and small enough to take a fraction of a second.
@@ -53,17 +52,6 @@ def gemm_gflops(device: torch.device, repeats: int = 5) -> float:
         _sync(device)
         best = min(best, time.perf_counter() - t0)
     return 2 * GEMM_SIDE ** 3 / best / 1e9
-
-
-def _cpu_name() -> str:
-    """The CPU's model name (``/proc/cpuinfo`` on Linux), else what :mod:`platform` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _sync(device: torch.device) -> None:
@@ -87,13 +75,15 @@ def bare_loop(settings: dict[str, Any], device: torch.device, steps: int, comput
     size, batch = settings["size"], settings["batch_size"]
     x = torch.randn(batch, 1, size, size).to(device, memory_format=memory_format(compute))
     y = torch.randint(0, 5, (batch, size, size)).to(device)
+    scaler = torch.amp.GradScaler(device.type, enabled=compute["loss_scaling"])
 
     def step() -> None:
         with autocast(device, compute):
             loss = dice_ce_loss(model(x), y)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
 
     with FlopCounterMode(display=False) as counter:
         with autocast(device, compute):
@@ -156,7 +146,7 @@ def run_bench(methods: Sequence[str] | None = None, *, preset: str = "quick", st
             f"sampler {r['sampler_batches_per_s']:8.1f} batches/s")
     report: dict[str, Any] = {
         "machine": {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
-                    "cpu_capability": torch.backends.cpu.get_cpu_capability(), "processor": _cpu_name(),
+                    "cpu_capability": torch.backends.cpu.get_cpu_capability(), "processor": cpu_model(),
                     "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
                     "gemm_gflops": gemm},
         "preset": preset, "steps": steps, "precision": precision, "methods": rows,

@@ -123,7 +123,7 @@ def _add_run_parser(sub, presets: str) -> None:
     be.add_argument("--preset", default="quick", metavar=presets, help="the preset whose model and batch to time")
     be.add_argument("--steps", type=int, default=20, help="training steps timed per method")
     be.add_argument("--threads", type=int, default=1, help="CPU threads (0: torch's default); ignored on a GPU")
-    be.add_argument("--precision", default="auto", metavar="{auto,fp32,bf16}", help="as for run")
+    be.add_argument("--precision", default="auto", metavar="{auto,fp32,bf16,fp16}", help="as for run")
     be.add_argument("--json", default="runs/bench.json", help="where the report is written")
 
     r = sub.add_parser("run", help="train and evaluate methods over shots, directions and seeds (Ray Tune)",
@@ -156,10 +156,11 @@ def _add_run_parser(sub, presets: str) -> None:
     r.add_argument("--gpus-per-trial", default="auto",
                    help="GPUs Ray reserves for each trial: auto (one when the cluster has GPUs, else none), or a "
                         "number; fractions share one GPU, e.g. 0.25")
-    r.add_argument("--precision", default="auto", metavar="{auto,fp32,bf16}",
-                   help="the training step's precision: auto (bfloat16 autocast on a GPU that supports it, float32 "
-                        "otherwise), fp32, or bf16 (on a CPU too, slowly without bfloat16 instructions); a method "
-                        "with second-order gradients trains in float32 and says so")
+    r.add_argument("--precision", default="auto", metavar="{auto,fp32,bf16,fp16}",
+                   help="the training step's precision: auto (bfloat16 autocast on a GPU that supports it, float16 "
+                        "with loss scaling on an older GPU, float32 on a CPU), fp32, bf16 or fp16 (on a CPU too, "
+                        "slowly without instructions for them); a method with second-order gradients trains in "
+                        "float32 and says so")
     r.add_argument("--address", default=None, help="an existing Ray cluster (default: RAY_ADDRESS or a local Ray)")
     r.add_argument("--retry-failed", action="store_true", help="run failed trials again")
     r.add_argument("--dry-run", action="store_true", help="print the plan and stop")

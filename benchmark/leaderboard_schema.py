@@ -264,7 +264,8 @@ the version of every package that can move a number (torch, torchvision,
 numpy, scipy, OpenCV, albumentations, segmentation-models-pytorch, timm,
 nibabel, pydicom, Pillow, edt, pandas, Ray) under `versions`, the labeled
 volumes' IDs under `labeled_volumes`, the device, the determinism settings
-(`determinism`, with the CPU's vector instructions that torch used), the final losses and the timing.
+(`determinism`, with the CPU's model and the vector instructions that torch
+used), the final losses and the timing.
 
 ## Columns
 

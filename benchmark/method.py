@@ -14,7 +14,12 @@ holds only what is specific to the method. A method
 * may run in stages: ``self.total_steps`` (default: the preset's steps, ``ctx.total_steps``) is how many steps
   the trainer runs, and ``self.optimizer_spans`` gives each optimizer the (start, end) steps over which its
   learning-rate schedule (warm-up, then decay) runs; outside its span an optimizer's rate is zero;
-* exposes its segmenter's features through :meth:`features` so plug-ins can attach to it.
+* exposes its segmenter's features through :meth:`features` so plug-ins can attach to it;
+* back-propagates through :meth:`Method.backward` and steps its optimizers through :meth:`Method.step` (or sets
+  ``.grad`` itself and then calls :meth:`Method.step`), so that ``--precision fp16`` can scale its losses: under
+  float16 both go through the trial's gradient scaler (``torch.amp.GradScaler``, one for all the method's
+  optimizers, updated once per training step), and at any other precision they are ``loss.backward()`` and
+  ``optimizer.step()`` exactly. Under fp16 an optimizer stepped any other way stops the trial with a message.
 
 Plug-ins (:class:`Plugin`, e.g. ``metahallu+cdtg``) modify a method rather than replace it. The trainer calls
 :meth:`Method.train_step` and :meth:`Method.infer`, which are :meth:`Method.update` and :meth:`Method.predict`
@@ -104,6 +109,13 @@ class Method(nn.Module):
         #: One (start, end) step span per optimizer for its schedule; ``None``: every optimizer over all steps.
         self.optimizer_spans: list[tuple[int, int]] | None = None
         self._plugin_step: dict[str, Any] | None = None  # the batch and losses of the step in progress
+        #: The trial's loss scaler: disabled (``backward`` and ``step`` unchanged) unless :meth:`scale_losses`.
+        self.grad_scaler = torch.amp.GradScaler(torch.device(ctx.device).type, enabled=False)
+        #: Training steps in which some optimizer's float16 gradients overflowed, so that the scaler skipped that
+        #: optimizer's update (and halved the scale).
+        self.skipped_steps = 0
+        self._stepping: torch.optim.Optimizer | None = None  # the optimizer :meth:`step` is stepping
+        self._stepped = False  # whether an optimizer stepped through the scaler in the training step in progress
 
     @classmethod
     def declared_hparams(cls) -> dict[str, HParam]:
@@ -128,6 +140,61 @@ class Method(nn.Module):
     def segmenter_optimizer(self) -> torch.optim.Optimizer | None:
         """The optimizer whose ``step()`` updates the segmenter (where plug-ins add their losses); None: none."""
         return None
+
+    # -- back-propagation and steps (loss scaling) ---------------------------------------------------------------
+    def backward(self, loss: torch.Tensor, **kwargs: Any) -> None:
+        """``loss.backward(**kwargs)``, with ``loss`` multiplied by the loss scale under float16."""
+        self.grad_scaler.scale(loss).backward(**kwargs)
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        """``optimizer.step()``: under float16 through the gradient scaler, which unscales the gradients first and
+        skips the step if any is not finite. Attached plug-ins join the segmenter's optimizer here (see
+        :meth:`attach_plugins`), before the gradients are unscaled, so their loss is scaled like the host's."""
+        if "plugins" in self._modules and optimizer is self.segmenter_optimizer():
+            self._join_plugins()
+        self._stepping = optimizer
+        try:
+            self.grad_scaler.step(optimizer)
+        finally:
+            self._stepping = None
+        self._stepped = True
+
+    def scale_losses(self) -> None:
+        """Train with a float16 loss scaler (``--precision fp16``; call before the first step). Every optimizer of
+        the method then refuses a step that does not come through :meth:`step`, since its gradients would be
+        applied still multiplied by the loss scale."""
+        self.grad_scaler = torch.amp.GradScaler(torch.device(self.ctx.device).type)
+        for optimizer in self.optimizers:
+            optimizer.register_step_pre_hook(self._only_scaled_steps)
+
+    def _only_scaled_steps(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if self._stepping is not optimizer:
+            raise RuntimeError(
+                f"Method {self.name!r} stepped an optimizer ({type(optimizer).__name__}) directly under "
+                f"--precision fp16: its gradients carry the loss scale. Back-propagate with self.backward(loss) "
+                f"and step with self.step(optimizer), as the suite's methods do, or train it with --precision "
+                f"bf16 or fp32.")
+
+    def end_step(self) -> None:
+        """Close a training step: the loss scaler's update (once per step, after every optimizer has stepped),
+        counting the step in :attr:`skipped_steps` when some optimizer's gradients overflowed (the scale drops)."""
+        if self.grad_scaler.is_enabled() and self._stepped:
+            before = self.grad_scaler.get_scale()
+            self.grad_scaler.update()
+            self.skipped_steps += int(self.grad_scaler.get_scale() < before)
+        self._stepped = False
+
+    def scaler_state(self) -> dict[str, Any]:
+        """The loss scaler's state and the skipped-step count, for a checkpoint (empty when not scaling)."""
+        if not self.grad_scaler.is_enabled():
+            return {}
+        return {"grad_scaler": self.grad_scaler.state_dict(), "skipped_steps": self.skipped_steps}
+
+    def load_scaler_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`scaler_state` saved."""
+        if "grad_scaler" in state:
+            self.grad_scaler.load_state_dict(state["grad_scaler"])
+            self.skipped_steps = int(state["skipped_steps"])
 
     # -- plug-ins ---------------------------------------------------------------------------------------------
     @classmethod
@@ -204,7 +271,13 @@ class Method(nn.Module):
         return int(feats.shape[1]), None
 
     def _plugins_join_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        """Step pre-hook of the segmenter's optimizer: add every plug-in's gradient to the host's."""
+        """Step pre-hook of the segmenter's optimizer: add every plug-in's gradient to the host's (unless
+        :meth:`step` already did, before unscaling)."""
+        if self._stepping is not optimizer:
+            self._join_plugins()
+
+    def _join_plugins(self) -> None:
+        """Back-propagate the plug-ins' losses on the labeled batch of the step in progress into the segmenter."""
         state = self._plugin_step
         if state is None:
             raise RuntimeError(
@@ -225,18 +298,21 @@ class Method(nn.Module):
                 loss, logs = plugin.loss(feats, y, state["step"], self.logits_from_features)
                 total = loss if total is None else total + loss
                 state["losses"].update({f"{name}_{k}": float(v) for k, v in logs.items()})
-            total.backward()
+            self.backward(total)
 
     def train_step(self, batch: Batch, step: int) -> dict[str, float]:
-        """What the trainer calls: :meth:`update`, with the attached plug-ins joining the segmenter's step."""
+        """What the trainer calls: :meth:`update`, with the attached plug-ins joining the segmenter's step, then
+        :meth:`end_step`."""
         if "plugins" not in self._modules:
-            return self.update(batch, step)
-        self._plugin_step = {"batch": batch, "step": step, "losses": {}}
-        try:
             losses = self.update(batch, step)
-            return {**losses, **self._plugin_step["losses"]}
-        finally:
-            self._plugin_step = None
+        else:
+            self._plugin_step = {"batch": batch, "step": step, "losses": {}}
+            try:
+                losses = {**self.update(batch, step), **self._plugin_step["losses"]}
+            finally:
+                self._plugin_step = None
+        self.end_step()
+        return losses
 
     def infer(self, images: torch.Tensor) -> torch.Tensor:
         """What evaluation calls: :meth:`predict`, blended with the heads of attached plug-ins."""
@@ -394,14 +470,14 @@ class OutputAdversaryMethod(SegmenterMethod):
         set_requires_grad(self.discriminator, False)
         adv = gan_loss(self.discriminator(target_map), real=True, kind=kind)
         opt_s.zero_grad(set_to_none=True)
-        (supervised + weight * adv).backward()
-        opt_s.step()
+        self.backward(supervised + weight * adv)
+        self.step(opt_s)
         set_requires_grad(self.discriminator, True)
         d_loss = 0.5 * (gan_loss(self.discriminator(source_map.detach()), real=True, kind=kind)
                         + gan_loss(self.discriminator(target_map.detach()), real=False, kind=kind))
         opt_d.zero_grad(set_to_none=True)
-        d_loss.backward()
-        opt_d.step()
+        self.backward(d_loss)
+        self.step(opt_d)
         return {"adv": adv.item(), "disc": d_loss.item()}
 
 
@@ -416,6 +492,6 @@ class SupervisedMethod(SegmenterMethod):
         opt = self.optimizers[0]
         loss = dice_ce_loss(self.segmenter(x), y, self.hparams["dice_weight"])
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        self.backward(loss)
+        self.step(opt)
         return {"loss": loss.item()}

@@ -1,10 +1,16 @@
 """Numeric precision and memory format of a trial's training step: ``--precision auto|fp32|bf16|fp16``.
 
-``auto`` (the default) trains in bfloat16 autocast on a GPU that supports it and in float32 everywhere else, so
-CPU results are the float32 results they always were. ``bf16`` asks for bfloat16 autocast on any device (on a CPU
-it is slow unless the CPU has bfloat16 instructions). bfloat16 keeps float32's exponent range, so no loss scaling
-is needed. ``fp16`` would need a gradient scaler around every method's own backward passes and optimizer steps,
-which the methods do not have; it is refused with that reason rather than run unscaled.
+``auto`` (the default) trains in bfloat16 autocast on a GPU that supports it, in float16 autocast with loss
+scaling on an older GPU (before Ampere: no bfloat16 kernels) and in float32 on a CPU, so CPU results are the
+float32 results they always were. ``bf16`` and ``fp16`` ask for that autocast on any device (on a CPU both are slow
+unless the CPU has instructions for them). bfloat16 keeps float32's exponent range, so it needs no loss scaling.
+float16 does (Micikevicius et al., "Mixed Precision Training", ICLR 2018): small gradients underflow, so each loss
+is multiplied by a dynamic scale before back-propagation (``torch.amp.GradScaler``), the gradients are divided by
+it before the optimizer steps, a step whose gradients overflowed is skipped and the scale halved, and the scale
+doubles after 2000 clean steps. Every method back-propagates and steps through :meth:`benchmark.method.Method.backward`
+and :meth:`~benchmark.method.Method.step`, which go through the trial's one scaler under fp16 and are plain
+``backward()`` and ``step()`` otherwise. The scaler's state is checkpointed with the trial; its final scale and
+the number of skipped steps are recorded in ``result.json``.
 
 Autocast covers the training step only; evaluation runs in float32, so a score never depends on the precision of
 the forward pass that produced it, only on the weights. A method whose step differentiates through its own
@@ -31,15 +37,10 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def parse_precision(text: str) -> str:
-    """A ``--precision`` value, checked: one of :data:`PRECISIONS`, and not ``fp16`` (see the module docstring)."""
+    """A ``--precision`` value, checked: one of :data:`PRECISIONS`."""
     value = str(text).strip().lower()
     if value not in PRECISIONS:
         raise UsageError(f"--precision {text!r} is not a precision; use one of {', '.join(PRECISIONS)}.")
-    if value == "fp16":
-        raise UsageError("--precision fp16 is not supported: float16 training needs a gradient scaler around every "
-                         "method's own backward passes and optimizer steps, which the suite's methods do not have. "
-                         "Use --precision bf16 (bfloat16 needs no scaling), or auto: bfloat16 on a GPU that supports "
-                         "it, float32 otherwise.")
     return value
 
 
@@ -50,16 +51,24 @@ def bf16_supported(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
+def auto_precision(device: torch.device) -> str:
+    """What ``--precision auto`` trains in on ``device``: bf16 on a GPU with bfloat16, fp16 on another GPU, fp32
+    on a CPU."""
+    if device.type != "cuda":
+        return "fp32"
+    return "bf16" if bf16_supported(device) else "fp16"
+
+
 def compute_settings(requested: str, device: torch.device, method_cls: type) -> dict[str, Any]:
-    """What a trial's training step uses: ``requested``, ``precision`` (fp32 or bf16), ``memory_format`` and a
-    ``note`` when the method kept float32 despite the request."""
+    """What a trial's training step uses: ``requested``, ``precision`` (fp32, bf16 or fp16), ``loss_scaling``
+    (fp16 only), ``memory_format`` and a ``note`` when the method kept float32 despite the request."""
     requested = parse_precision(requested)
-    used = {"auto": "bf16" if bf16_supported(device) else "fp32", "fp32": "fp32", "bf16": "bf16"}[requested]
+    used = auto_precision(device) if requested == "auto" else requested
     note = ""
     if used != "fp32" and not getattr(method_cls, "mixed_precision", True):
         used, note = "fp32", (f"{getattr(method_cls, 'name', method_cls.__name__)} trains in float32: its step "
                               f"differentiates through its own gradients, which autocast does not cover safely")
-    return {"requested": requested, "precision": used,
+    return {"requested": requested, "precision": used, "loss_scaling": used == "fp16",
             "memory_format": "channels_last" if device.type == "cuda" else "contiguous", "note": note}
 
 
@@ -69,7 +78,7 @@ def autocast(device: torch.device, settings: dict[str, Any]):
 
     if settings["precision"] == "fp32":
         return nullcontext()
-    return torch.autocast(device.type, dtype={"bf16": torch.bfloat16}[settings["precision"]])
+    return torch.autocast(device.type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[settings["precision"]])
 
 
 def memory_format(settings: dict[str, Any]) -> torch.memory_format:
@@ -86,5 +95,5 @@ def to_memory_format(module, settings: dict[str, Any]):
     return module.to(memory_format=torch.channels_last) if settings["memory_format"] == "channels_last" else module
 
 
-__all__ = ["PRECISIONS", "autocast", "bf16_supported", "compute_settings", "memory_format", "parse_precision",
-           "to_memory_format"]
+__all__ = ["PRECISIONS", "auto_precision", "autocast", "bf16_supported", "compute_settings", "memory_format",
+           "parse_precision", "to_memory_format"]

@@ -12,6 +12,7 @@ non-determinism).
 from __future__ import annotations
 
 import math
+import platform
 import time
 import warnings
 from dataclasses import dataclass
@@ -147,7 +148,8 @@ def build_schedulers(method: Method, warmup: int) -> list[torch.optim.lr_schedul
 def _save_checkpoint(path: Path, method: Method, schedulers: list, step: int, train_s: float) -> None:
     atomic_torch_save({"method": method.state_dict(), "step": step,
                         "optimizers": [o.state_dict() for o in method.optimizers],
-                        "schedulers": [s.state_dict() for s in schedulers], "train_s": train_s}, path)
+                        "schedulers": [s.state_dict() for s in schedulers], "train_s": train_s,
+                        **method.scaler_state()}, path)
 
 
 def _resume(path: Path, method: Method, schedulers: list, device: torch.device) -> tuple[int, float]:
@@ -160,6 +162,7 @@ def _resume(path: Path, method: Method, schedulers: list, device: torch.device) 
         opt.load_state_dict(s)
     for sch, s in zip(schedulers, state["schedulers"]):
         sch.load_state_dict(s)
+    method.load_scaler_state(state)
     return state["step"], state["train_s"]
 
 
@@ -201,9 +204,11 @@ def train(spec: TrialSpec, method: Method, sampler: BatchSampler, trial_dir: Pat
                 losses = method.train_step(batch, step)
             bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
             if bad:
+                hint = (" Under --precision fp16 a forward pass can also overflow float16; try bf16 or fp32."
+                        if compute["precision"] == "fp16" else "")
                 raise TrialDiverged(
                     f"Trial {spec.label} diverged: loss {', '.join(f'{k}={v}' for k, v in bad.items())} at step "
-                    f"{step}. Lower the learning rate or check the method's losses.")
+                    f"{step}. Lower the learning rate or check the method's losses.{hint}")
             with warnings.catch_warnings():
                 # multi-stage methods leave some optimizers idle for a while; every schedule follows the global step
                 warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)`")
@@ -232,6 +237,18 @@ def _report_step(report: Reporter | None, step: int, total: int, losses: dict[st
     return time.monotonic()
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux), else what :mod:`platform` knows: two CPUs with the same
+    vector instructions can still give different float results, so a record names the model too."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def determinism_settings(device: torch.device) -> dict[str, Any]:
     """The settings that decide whether a trial repeats bit for bit, as recorded in its ``result.json``."""
     cuda = device.type == "cuda"
@@ -240,11 +257,19 @@ def determinism_settings(device: torch.device) -> dict[str, Any]:
             "torch_threads": torch.get_num_threads(),
             # the vector instructions torch's CPU kernels use (e.g. AVX2, AVX512): they can change float results
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cpu_model": cpu_model(),
             "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
             "cudnn_deterministic": bool(torch.backends.cudnn.deterministic),
             "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
             "cuda": torch.version.cuda if cuda else None,
             "cudnn": torch.backends.cudnn.version() if cuda else None}
+
+
+def loss_scaling_summary(method: Method) -> dict[str, Any]:
+    """Under fp16: the loss scale the trial ended with and how many of its steps overflowed and were skipped."""
+    if not method.grad_scaler.is_enabled():
+        return {}
+    return {"loss_scale": float(method.grad_scaler.get_scale()), "skipped_steps": int(method.skipped_steps)}
 
 
 @dataclass
@@ -282,6 +307,8 @@ def setup_trial(spec: TrialSpec, device: torch.device, log: Callable[[str], None
     torch.manual_seed(derive_seed("init", spec.seed))
     compute = compute_settings(spec.precision, device, method_cls)
     method = to_memory_format(build_method(spec, method_context(spec, adapter, cache, device)).to(device), compute)
+    if compute["loss_scaling"]:
+        method.scale_losses()
     return TrialSetup(adapter, cache, streams, sampler, compute, method, held_out)
 
 
@@ -323,6 +350,6 @@ def run_trial(spec: TrialSpec, trial_dir: Path, *, device: torch.device | str = 
             "timing": {"train_s": round(train_s, 3), "eval_s": round(eval_s, 3),
                        "total_s": round(time.perf_counter() - t0, 3)},
             "device": str(device), "determinism": determinism_settings(device), "input_pipeline": pipeline,
-            "compute": compute,
+            "compute": {**compute, **loss_scaling_summary(method)},
             "labeled_volumes": {name: {"modality": s.modality, "cases": list(s.cases)}
                                 for name, s in streams.items() if s.labeled}}

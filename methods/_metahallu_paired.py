@@ -159,8 +159,8 @@ class PairedMetaStep:
         for q, g in zip(self.hallucinator.parameters(), h_grads):
             q.grad = g
         opt_seg, opt_h = self.optimizers[:2]
-        opt_seg.step()
-        opt_h.step()
+        self.step(opt_seg)
+        self.step(opt_h)
 
     def paired_update(self, batch, step: int) -> dict[str, float]:
         """One training step: objectives, gradients, both optimizers, the teacher's EMA."""

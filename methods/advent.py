@@ -46,7 +46,7 @@ class Advent(OutputAdversaryMethod):
             ent = ent_t.sum(1).mean()
             opt_s = self.optimizers[0]
             opt_s.zero_grad(set_to_none=True)
-            (seg + hp["ent_weight"] * ent).backward()
-            opt_s.step()
+            self.backward(seg + hp["ent_weight"] * ent)
+            self.step(opt_s)
             return {**losses, "entropy": ent.item()}
         return {**losses, **self.adversarial_step(seg, entropy_map(logits_s.detach()), ent_t, hp["adv_weight"])}

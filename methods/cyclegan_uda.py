@@ -133,16 +133,16 @@ class CycleGANUDA(SegmenterMethod):
             identity = F.l1_loss(self.g_st(xt), xt) + F.l1_loss(self.g_ts(xs), xs)
             g_loss = g_loss + hp["cycle_weight"] * hp["identity_weight"] * identity
         opt_g.zero_grad(set_to_none=True)
-        g_loss.backward()
-        opt_g.step()
+        self.backward(g_loss)
+        self.step(opt_g)
         set_requires_grad(self.d_s, True)
         set_requires_grad(self.d_t, True)
         pt, ps = self.pool_t.query(fake_t), self.pool_s.query(fake_s)
         d_loss = 0.5 * (gan_loss(self.d_t(xt), True, hp["gan"]) + gan_loss(self.d_t(pt), False, hp["gan"])
                         + gan_loss(self.d_s(xs), True, hp["gan"]) + gan_loss(self.d_s(ps), False, hp["gan"]))
         opt_d.zero_grad(set_to_none=True)
-        d_loss.backward()
-        opt_d.step()
+        self.backward(d_loss)
+        self.step(opt_d)
         return {"g_adv": adv.item(), "cycle": cycle.item(), "identity": identity.item(), "disc": d_loss.item()}
 
     def _segmentation_step(self, batch):
@@ -155,8 +155,8 @@ class CycleGANUDA(SegmenterMethod):
             x, y = torch.cat([x, batch.source_x]), torch.cat([y, y])
         seg = dice_ce_loss(self.segmenter(x), y, hp["dice_weight"])
         opt.zero_grad(set_to_none=True)
-        seg.backward()
-        opt.step()
+        self.backward(seg)
+        self.step(opt)
         return {"seg": seg.item()}
 
     def translate(self, images: torch.Tensor) -> torch.Tensor:

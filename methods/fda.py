@@ -61,6 +61,6 @@ class FDA(SupervisedMethod):
         ent = -(p * torch.log(p.clamp_min(1e-8))).sum(1)
         ent_loss = ((ent ** 2 + 1e-6) ** hp["eta"]).mean()
         opt.zero_grad(set_to_none=True)
-        (seg + hp["ent_weight"] * ent_loss).backward()
-        opt.step()
+        self.backward(seg + hp["ent_weight"] * ent_loss)
+        self.step(opt)
         return {"seg": seg.item(), "entropy": ent_loss.item()}

@@ -221,8 +221,8 @@ class GLUA(SegmenterMethod):
                   + F.l1_loss(self.style_source(x_ts), s_s_for_t.detach()))
         loss = hp["recon_weight"] * recon + hp["gan_weight"] * adv + hp["latent_weight"] * latent
         opt_g.zero_grad(set_to_none=True)
-        loss.backward()
-        opt_g.step()
+        self.backward(loss)
+        self.step(opt_g)
         with torch.no_grad():
             self.target_style.mul_(0.99).add_(s_t.detach().mean(0), alpha=0.01)
 
@@ -231,8 +231,8 @@ class GLUA(SegmenterMethod):
         d_loss = 0.5 * (gan_loss(self.d_target(xt), True) + gan_loss(self.d_target(x_st.detach()), False)
                         + gan_loss(self.d_source(xs), True) + gan_loss(self.d_source(x_ts.detach()), False))
         opt_d.zero_grad(set_to_none=True)
-        d_loss.backward()
-        opt_d.step()
+        self.backward(d_loss)
+        self.step(opt_d)
         return {"recon": recon.item(), "image_adv": adv.item(), "latent": latent.item(), "image_disc": d_loss.item()}
 
     @torch.no_grad()
@@ -287,8 +287,8 @@ class GLUA(SegmenterMethod):
             total = total + hp["local_weight"] * local
             losses.update({"local_adv": local.item(), "mask_max": mask.amax().item()})
         opt.zero_grad(set_to_none=True)
-        total.backward()
-        opt.step()
+        self.backward(total)
+        self.step(opt)
         losses["seg"] = seg.item()
         if hp["local"]:
             set_requires_grad(self.d_feature, True)
@@ -297,7 +297,7 @@ class GLUA(SegmenterMethod):
                             + gan_loss(self.d_feature(feats_t.detach()), False))
             opt_d = self.optimizers[-1]
             opt_d.zero_grad(set_to_none=True)
-            d_loss.backward()
-            opt_d.step()
+            self.backward(d_loss)
+            self.step(opt_d)
             losses["feature_disc"] = d_loss.item()
         return losses

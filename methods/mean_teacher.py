@@ -52,8 +52,8 @@ class MeanTeacher(SupervisedMethod):
         cons = F.mse_loss(student, teacher)
         weight = hp["consistency"] * sigmoid_rampup(step, int(hp["rampup"] * self.ctx.total_steps))
         opt.zero_grad(set_to_none=True)
-        (seg + weight * cons).backward()
-        opt.step()
+        self.backward(seg + weight * cons)
+        self.step(opt)
         self.teacher.update(self.segmenter, step)
         return {"seg": seg.item(), "consistency": cons.item(), "weight": weight}
 

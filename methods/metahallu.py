@@ -220,8 +220,8 @@ class MetaHallucinator(PairedMetaStep, SegmenterMethod):
             meta_test = meta_test + weight * cons
             losses["consistency"] = cons.item()
         opt.zero_grad(set_to_none=True)
-        (meta_train + hp["meta_test_weight"] * meta_test).backward()
-        opt.step()
+        self.backward(meta_train + hp["meta_test_weight"] * meta_test)
+        self.step(opt)
         return losses
 
     def meta_objectives(self, xa, ya, xb, yb, xt_view=None, cons_target=None, weight: float = 0.0):

@@ -152,10 +152,10 @@ class SIFALite(SegmenterMethod):
                           + hp["output_adv_weight"] * self.output_adv_ramp(step) * output_adv)
         opt_seg.zero_grad(set_to_none=True)
         opt_gen.zero_grad(set_to_none=True)
-        segmenter_side.backward(inputs=list(self.segmenter.parameters()), retain_graph=True)
-        translation.backward(inputs=self.translation_params)
-        opt_seg.step()
-        opt_gen.step()
+        self.backward(segmenter_side, inputs=list(self.segmenter.parameters()), retain_graph=True)
+        self.backward(translation, inputs=self.translation_params)
+        self.step(opt_seg)
+        self.step(opt_gen)
 
         for d in discriminators:
             set_requires_grad(d, True)
@@ -164,8 +164,8 @@ class SIFALite(SegmenterMethod):
                   + gan_loss(self.d_p(logits_ft.detach().softmax(1)), True)
                   + gan_loss(self.d_p(logits_t.detach().softmax(1)), False)) / 2
         opt_d.zero_grad(set_to_none=True)
-        d_loss.backward()
-        opt_d.step()
+        self.backward(d_loss)
+        self.step(opt_d)
         return {"seg": seg.item(), "cycle": cycle.item(), "image_adv": (adv_t + adv_s).item(),
                 "output_adv": output_adv.item(), "disc": d_loss.item()}
 

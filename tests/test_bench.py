@@ -32,7 +32,7 @@ def test_bench_reports_every_method_and_the_ratios(tmp_path, capsys):
 @pytest.mark.parametrize("args, message", [
     (["--steps", "0"], "--steps 0 is impossible: time at least one step."),
     (["--methods", "nosuch"], "Unknown method 'nosuch'"),
-    (["--precision", "fp16"], "float16 training needs a gradient scaler"),
+    (["--precision", "fp8"], "--precision 'fp8' is not a precision"),
 ])
 def test_bench_usage_errors_exit_2(tmp_path, args, message, capsys):
     assert main(["bench", "--json", str(tmp_path / "b.json"), *args]) == 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import os
+import platform
 import pickle
 import shutil
 from importlib import metadata
@@ -95,6 +96,13 @@ def test_the_record_names_labeled_volumes_versions_and_determinism(finished):
     det = record["determinism"]
     assert det["deterministic_algorithms"] is False and det["cuda"] is None and det["torch_threads"] >= 1
     assert det["cpu_capability"] == torch.backends.cpu.get_cpu_capability() != ""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():  # Linux: the model name the kernel reports
+        names = {line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                 if line.startswith("model name")}
+        assert det["cpu_model"] in names
+    else:
+        assert det["cpu_model"] == (platform.processor() or platform.machine())
     versions = record["versions"]
     assert set(NUMERIC_PACKAGES) <= set(versions)
     for dist in ("torch", "numpy", "scipy", "opencv-python-headless", "albumentations", "nibabel", "timm",
