@@ -99,10 +99,10 @@ def bare_loop(settings: dict[str, Any], device: torch.device, steps: int, comput
 
 
 def bench_method(entry: str, preset: str, steps: int, device: torch.device, requested: str = "auto",
-                 log=lambda s: None) -> dict[str, Any]:
+                 log=lambda s: None, layout: str = "auto") -> dict[str, Any]:
     """Steps per second, peak memory and sampler throughput of one ``--methods`` entry (a trial of ``steps``)."""
     (spec,) = build_grid(dataset=DATASET, methods=[entry], shots=[1], directions=[DIRECTION], seeds=[0],
-                         preset=preset, precision=requested,
+                         preset=preset, precision=requested, memory_format=layout,
                          preset_overrides={"steps": steps, "log_every": 10 ** 9, "checkpoint_every": 10 ** 9})
     setup = setup_trial(spec, device, log)
     sampler, method, compute = setup.sampler, setup.method, setup.compute
@@ -118,13 +118,15 @@ def bench_method(entry: str, preset: str, steps: int, device: torch.device, requ
         train(spec, method, sampler, Path(folder), device, log=log, compute=compute)
         _sync(device)
         step_s = (time.perf_counter() - t0) / steps
-    return {"method": spec.row_name, "precision": compute["precision"], "steps": steps, "step_ms": 1e3 * step_s,
+    return {"method": spec.row_name, "precision": compute["precision"], "memory_format": compute["memory_format"],
+            "steps": steps, "step_ms": 1e3 * step_s,
             "steps_per_s": 1 / step_s, "peak_memory_mib": _peak_memory_mib(device),
             "sampler_batches_per_s": 1 / sampler_s, "sampler_to_step": step_s / sampler_s}
 
 
 def run_bench(methods: Sequence[str] | None = None, *, preset: str = "quick", steps: int = 20,
-              threads: int | None = 1, precision: str = "auto", log=print) -> dict[str, Any]:
+              threads: int | None = 1, precision: str = "auto", memory_format: str = "auto",
+              log=print) -> dict[str, Any]:
     """The benchmark's report (see the module docstring); ``methods`` default to every registered method."""
     if steps < 1:
         raise UsageError(f"--steps {steps} is impossible: time at least one step.")
@@ -134,13 +136,13 @@ def run_bench(methods: Sequence[str] | None = None, *, preset: str = "quick", st
         torch.set_num_threads(threads)
     methods = list(methods or registry.METHODS.names())
     (spec,) = build_grid(dataset=DATASET, methods=["source_only"], shots=[1], directions=[DIRECTION], seeds=[0],
-                         preset=preset, precision=precision)
-    compute = compute_settings(spec.precision, device, registry.METHODS.get("source_only"))
+                         preset=preset, precision=precision, memory_format=memory_format)
+    compute = compute_settings(spec.precision, device, registry.METHODS.get("source_only"), spec.memory_format)
     gemm = gemm_gflops(device)
     bare = bare_loop(spec.preset_settings, device, steps, compute)
     rows = []
     for entry in methods:
-        rows.append(bench_method(entry, preset, steps, device, precision))
+        rows.append(bench_method(entry, preset, steps, device, precision, layout=memory_format))
         r = rows[-1]
         log(f"  {r['method']:<28} {r['steps_per_s']:8.2f} steps/s  {r['peak_memory_mib']:8.0f} MiB  "
             f"sampler {r['sampler_batches_per_s']:8.1f} batches/s")
@@ -149,7 +151,8 @@ def run_bench(methods: Sequence[str] | None = None, *, preset: str = "quick", st
                     "cpu_capability": torch.backends.cpu.get_cpu_capability(), "processor": cpu_model(),
                     "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
                     "gemm_gflops": gemm},
-        "preset": preset, "steps": steps, "precision": precision, "methods": rows,
+        "preset": preset, "steps": steps, "precision": precision, "memory_format": compute["memory_format"],
+        "methods": rows,
         "bare_loop": {"step_ms": 1e3 * bare["step_s"], "gflop_per_step": bare["gflop_per_step"],
                       "gflops": bare["gflop_per_step"] / bare["step_s"]}}
     suite = next((r for r in rows if r["method"] == "source_only"), None)
@@ -165,7 +168,8 @@ def format_report(report: dict[str, Any]) -> str:
     m = report["machine"]
     lines = [f"Device {m['device']}{' (' + m['gpu'] + ')' if m['gpu'] else ''}, {m['threads']} thread(s), "
              f"{m['cpu_capability']}, torch {m['torch']}; preset {report['preset']}, {report['steps']} steps, "
-             f"precision {report['precision']}; GEMM {m['gemm_gflops']:.1f} GFLOP/s",
+             f"precision {report['precision']}, memory format {report['memory_format']}; GEMM "
+             f"{m['gemm_gflops']:.1f} GFLOP/s",
              f"{'method':<28} {'steps/s':>8} {'ms/step':>8} {'peak MiB':>9} {'sampler b/s':>12} {'sampler/step':>13}"]
     for r in report["methods"]:
         lines.append(f"{r['method']:<28} {r['steps_per_s']:8.2f} {r['step_ms']:8.1f} {r['peak_memory_mib']:9.0f} "

@@ -124,6 +124,7 @@ def _add_run_parser(sub, presets: str) -> None:
     be.add_argument("--steps", type=int, default=20, help="training steps timed per method")
     be.add_argument("--threads", type=int, default=1, help="CPU threads (0: torch's default); ignored on a GPU")
     be.add_argument("--precision", default="auto", metavar="{auto,fp32,bf16,fp16}", help="as for run")
+    be.add_argument("--memory-format", default="auto", metavar="{auto,contiguous,channels_last}", help="as for run")
     be.add_argument("--json", default="runs/bench.json", help="where the report is written")
 
     r = sub.add_parser("run", help="train and evaluate methods over shots, directions and seeds (Ray Tune)",
@@ -161,6 +162,10 @@ def _add_run_parser(sub, presets: str) -> None:
                         "with loss scaling on an older GPU, float32 on a CPU), fp32, bf16 or fp16 (on a CPU too, "
                         "slowly without instructions for them); a method with second-order gradients trains in "
                         "float32 and says so")
+    r.add_argument("--memory-format", default="auto", metavar="{auto,contiguous,channels_last}",
+                   help="how models and batches are stored: auto (channels-last on a GPU, contiguous on a CPU, as "
+                        "the published rows), contiguous, or channels_last (faster convolutions on a CPU too, with "
+                        "numbers that differ from a contiguous trial's)")
     r.add_argument("--address", default=None, help="an existing Ray cluster (default: RAY_ADDRESS or a local Ray)")
     r.add_argument("--retry-failed", action="store_true", help="run failed trials again")
     r.add_argument("--dry-run", action="store_true", help="print the plan and stop")
@@ -193,7 +198,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     specs = build_grid(dataset=args.dataset, methods=args.methods, shots=args.shots, directions=args.directions,
                        seeds=args.seeds, preset=args.preset, hparam_samples=args.hparam_samples,
                        data_root=args.data_root, preset_overrides={"steps": args.steps}, precision=args.precision,
-                       validation=validation)
+                       memory_format=args.memory_format, validation=validation)
     out = Path(args.out)
     store = ResultsStore(out)
     states = [store.status(s) for s in specs]
@@ -203,7 +208,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     dims = (f"{n_methods} methods x {len(set(str(s.shots) for s in specs))} shot counts x "
             f"{len(set(s.direction for s in specs))} directions x {len(args.seeds)} seeds"
             + (f" x {len(args.hparam_samples)} hyperparameter samples" if len(args.hparam_samples) > 1 else ""))
-    print(f"Plan: {len(specs)} trials ({dims}) on {args.dataset}, preset {args.preset}.")
+    asked = "".join(f", {what} {value}" for what, value in (("precision", specs[0].precision),
+                                                            ("memory format", specs[0].memory_format))
+                    if specs and value != "auto")
+    print(f"Plan: {len(specs)} trials ({dims}) on {args.dataset}, preset {args.preset}{asked}.")
     print(f"      {n_ok} already finished, {n_failed} failed earlier"
           f" ({'to retry' if args.retry_failed else 'kept; --retry-failed runs them again'}), {to_run} to run.")
     if validation:
@@ -264,7 +272,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import format_report, run_bench, write_report
 
     report = run_bench(args.methods, preset=args.preset, steps=args.steps, threads=args.threads or None,
-                       precision=args.precision)
+                       precision=args.precision, memory_format=args.memory_format)
     print(format_report(report))
     print(f"Report: {write_report(report, Path(args.json))}")
     return 0

@@ -95,7 +95,7 @@ class Method(nn.Module):
 
     #: The labeled stream plug-ins learn from (images ``<stream>_x``, labels ``<stream>_y`` of the batch).
     labeled_stream: ClassVar[str] = "source"
-    #: Whether the training step may run under bfloat16 autocast (:mod:`benchmark.precision`); False for a step
+    #: Whether the training step may run under bf16 or fp16 autocast (:mod:`benchmark.precision`); False for a step
     #: that differentiates through its own gradients, which then trains in float32 under any ``--precision``.
     mixed_precision: ClassVar[bool] = True
 

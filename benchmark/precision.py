@@ -1,4 +1,5 @@
-"""Numeric precision and memory format of a trial's training step: ``--precision auto|fp32|bf16|fp16``.
+"""Numeric precision and memory format of a trial's training step: ``--precision auto|fp32|bf16|fp16`` and
+``--memory-format auto|contiguous|channels_last``.
 
 ``auto`` (the default) trains in bfloat16 autocast on a GPU that supports it, in float16 autocast with loss
 scaling on an older GPU (before Ampere: no bfloat16 kernels) and in float32 on a CPU, so CPU results are the
@@ -15,12 +16,17 @@ the number of skipped steps are recorded in ``result.json``.
 Autocast covers the training step only; evaluation runs in float32, so a score never depends on the precision of
 the forward pass that produced it, only on the weights. A method whose step differentiates through its own
 gradients (``metahallu``'s second-order meta-gradients) declares ``mixed_precision = False`` and trains in float32
-under any request, and the trial's ``result.json`` says so. On a GPU, models and batches use the channels-last
-memory format, which the tensor-core convolution kernels prefer; on a CPU they stay contiguous, since a memory
-format change may change float results.
+under any request, and the trial's ``result.json`` says so.
 
-The requested precision is part of a trial's configuration (and hash) when it is not ``auto``; what was used is
-recorded in ``result.json`` (``compute``), with the cuDNN settings in ``determinism``.
+``--memory-format auto`` (the default) stores models and batches channels-last on a GPU, which the tensor-core
+convolution kernels prefer, and contiguous on a CPU: a memory format changes the order of a convolution's sums, so
+it changes float results, and the published rows were trained contiguous on CPUs. ``channels_last`` asks for it on
+a CPU too, where oneDNN's convolutions run faster in it (the speed is ``python -m benchmark bench --memory-format
+channels_last``'s to measure), at the price of numbers that differ from a contiguous trial's; ``contiguous`` asks
+for it on a GPU.
+
+The requested precision and memory format are part of a trial's configuration (and hash) when they are not
+``auto``; what was used is recorded in ``result.json`` (``compute``), with the cuDNN settings in ``determinism``.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ if TYPE_CHECKING:
     import torch
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
 
 
 def parse_precision(text: str) -> str:
@@ -41,6 +48,14 @@ def parse_precision(text: str) -> str:
     value = str(text).strip().lower()
     if value not in PRECISIONS:
         raise UsageError(f"--precision {text!r} is not a precision; use one of {', '.join(PRECISIONS)}.")
+    return value
+
+
+def parse_memory_format(text: str) -> str:
+    """A ``--memory-format`` value, checked: one of :data:`MEMORY_FORMATS`."""
+    value = str(text).strip().lower().replace("-", "_")
+    if value not in MEMORY_FORMATS:
+        raise UsageError(f"--memory-format {text!r} is not a memory format; use one of {', '.join(MEMORY_FORMATS)}.")
     return value
 
 
@@ -59,17 +74,21 @@ def auto_precision(device: torch.device) -> str:
     return "bf16" if bf16_supported(device) else "fp16"
 
 
-def compute_settings(requested: str, device: torch.device, method_cls: type) -> dict[str, Any]:
+def compute_settings(requested: str, device: torch.device, method_cls: type,
+                     layout: str = "auto") -> dict[str, Any]:
     """What a trial's training step uses: ``requested``, ``precision`` (fp32, bf16 or fp16), ``loss_scaling``
-    (fp16 only), ``memory_format`` and a ``note`` when the method kept float32 despite the request."""
-    requested = parse_precision(requested)
+    (fp16 only), ``memory_format`` (``layout`` when not auto) and a ``note`` when the method kept float32 despite
+    the request."""
+    requested, layout = parse_precision(requested), parse_memory_format(layout)
+    if layout == "auto":
+        layout = "channels_last" if device.type == "cuda" else "contiguous"
     used = auto_precision(device) if requested == "auto" else requested
     note = ""
     if used != "fp32" and not getattr(method_cls, "mixed_precision", True):
         used, note = "fp32", (f"{getattr(method_cls, 'name', method_cls.__name__)} trains in float32: its step "
                               f"differentiates through its own gradients, which autocast does not cover safely")
     return {"requested": requested, "precision": used, "loss_scaling": used == "fp16",
-            "memory_format": "channels_last" if device.type == "cuda" else "contiguous", "note": note}
+            "memory_format": layout, "note": note}
 
 
 def autocast(device: torch.device, settings: dict[str, Any]):
@@ -95,5 +114,5 @@ def to_memory_format(module, settings: dict[str, Any]):
     return module.to(memory_format=torch.channels_last) if settings["memory_format"] == "channels_last" else module
 
 
-__all__ = ["PRECISIONS", "auto_precision", "autocast", "bf16_supported", "compute_settings", "memory_format",
-           "parse_precision", "to_memory_format"]
+__all__ = ["MEMORY_FORMATS", "PRECISIONS", "auto_precision", "autocast", "bf16_supported", "compute_settings",
+           "memory_format", "parse_memory_format", "parse_precision", "to_memory_format"]

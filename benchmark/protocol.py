@@ -113,6 +113,8 @@ class TrialSpec:
     plugins: list[dict[str, Any]] = field(default_factory=list)
     #: The training step's requested precision (:mod:`benchmark.precision`); ``auto`` follows the device.
     precision: str = "auto"
+    #: The training step's requested memory format (:mod:`benchmark.precision`); ``auto`` follows the device.
+    memory_format: str = "auto"
     #: A selection study (:mod:`benchmark.selection`): ``{"source_val": share held out, "select_every": steps}``;
     #: empty for an ordinary trial, which reports its last weights.
     validation: dict[str, Any] = field(default_factory=dict)
@@ -121,7 +123,8 @@ class TrialSpec:
         d = asdict(self)
         # fields added later are left out at their defaults, so that trials without them keep the hashes they
         # always had
-        for key, default in (("variant", ""), ("plugins", []), ("precision", "auto"), ("validation", {})):
+        for key, default in (("variant", ""), ("plugins", []), ("precision", "auto"), ("memory_format", "auto"),
+                             ("validation", {})):
             if d[key] == default:
                 del d[key]
         return d

@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterator, Sequence
 from . import registry
 from .errors import UsageError
 from .hparams import resolve
-from .precision import parse_precision
+from .precision import parse_memory_format, parse_precision
 from .presets import get_preset
 from .progress import TRIAL_LOG, RunDisplay, TrialLog, append_log_line
 from .protocol import (TrialSpec, format_variant, parse_direction, parse_method_entry,
@@ -49,10 +49,11 @@ def build_grid(*, dataset: str, methods: Sequence[str], shots: Sequence[int | st
                seeds: Sequence[int], preset: str, hparam_samples: Sequence[int] = (0,),
                data_root: str | None = None, preset_overrides: dict[str, Any] | None = None,
                hparam_overrides: dict[str, Any] | None = None, precision: str = "auto",
-               validation: dict[str, Any] | None = None) -> list[TrialSpec]:
-    """Every trial of a run, validated: unknown names, impossible shot counts and unsupported precisions fail
-    before anything runs. ``validation`` makes every trial a selection study (:mod:`benchmark.selection`)."""
-    precision = parse_precision(precision)
+               memory_format: str = "auto", validation: dict[str, Any] | None = None) -> list[TrialSpec]:
+    """Every trial of a run, validated: unknown names, impossible shot counts and unknown precisions or memory
+    formats fail before anything runs. ``validation`` makes every trial a selection study
+    (:mod:`benchmark.selection`)."""
+    precision, memory_format = parse_precision(precision), parse_memory_format(memory_format)
     registry.discover()
     adapter = registry.get_dataset(dataset, data_root)
     modalities = adapter.modalities
@@ -90,7 +91,7 @@ def build_grid(*, dataset: str, methods: Sequence[str], shots: Sequence[int | st
                         preset=preset, hparam_sample=int(sample), hparams=hparams, selection="last",
                         dataset_version=adapter.version, method_version=cls.version,
                         preset_settings=settings, data_root=str(Path(data_root).resolve()) if data_root else None,
-                        variant=variant, plugins=plugin_specs, precision=precision,
+                        variant=variant, plugins=plugin_specs, precision=precision, memory_format=memory_format,
                         validation=dict(validation or {})))
     return specs
 
@@ -382,9 +383,12 @@ def _precision_line(specs: Sequence[TrialSpec], device: str) -> str:
     """The plan's word on the training precision (every trial of a run asks for the same)."""
     asked = sorted({s.precision for s in specs}) or ["auto"]
     if asked == ["auto"]:
-        return (" Precision auto: float32." if device == "cpu" else
-                " Precision auto: bfloat16 autocast where the GPU supports it, else float32.")
-    return f" Precision {', '.join(asked)} (methods with second-order gradients train in float32)."
+        line = (" Precision auto: float32." if device == "cpu" else
+                " Precision auto: bfloat16 autocast where the GPU supports it, else float16 with loss scaling.")
+    else:
+        line = f" Precision {', '.join(asked)} (methods with second-order gradients train in float32)."
+    layouts = sorted({s.memory_format for s in specs} - {"auto"})
+    return line + (f" Memory format {', '.join(layouts)}." if layouts else "")
 
 
 def run_grid(specs: list[TrialSpec], out: Path, *, cpus_per_trial: float = 1, gpus_per_trial: float | str = 0,

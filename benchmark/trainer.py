@@ -305,7 +305,7 @@ def setup_trial(spec: TrialSpec, device: torch.device, log: Callable[[str], None
     sampler = BatchSampler(cache, streams, settings["batch_size"], spec.seed, settings.get("augment", "standard"),
                            exclude={held_out[0]: held_out[1]} if held_out else None)
     torch.manual_seed(derive_seed("init", spec.seed))
-    compute = compute_settings(spec.precision, device, method_cls)
+    compute = compute_settings(spec.precision, device, method_cls, spec.memory_format)
     method = to_memory_format(build_method(spec, method_context(spec, adapter, cache, device)).to(device), compute)
     if compute["loss_scaling"]:
         method.scale_losses()

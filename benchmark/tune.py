@@ -90,6 +90,8 @@ def add_tune_parser(sub, presets: str, csv: Callable[[str], list[str]], int_list
     t.add_argument("--out", default="runs/tune", help="results directory")
     t.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPU cores Ray reserves for each trial")
     t.add_argument("--gpus-per-trial", default="auto", help="as for run")
+    t.add_argument("--precision", default="auto", metavar="{auto,fp32,bf16,fp16}", help="as for run")
+    t.add_argument("--memory-format", default="auto", metavar="{auto,contiguous,channels_last}", help="as for run")
     t.add_argument("--address", default=None, help="an existing Ray cluster")
     t.add_argument("--retry-failed", action="store_true", help="run failed trials again")
     t.add_argument("--dry-run", action="store_true", help="print the plan and stop")
@@ -119,7 +121,8 @@ def search_specs(args: argparse.Namespace) -> tuple[str, int, list[list]]:
                   "samples": args.samples, "tune_by": tune_by}
     specs = build_grid(dataset=args.dataset, methods=args.methods, shots=args.shots, directions=args.directions,
                        seeds=args.seeds, preset=args.preset, hparam_samples=range(args.samples),
-                       data_root=args.data_root, preset_overrides={"steps": args.steps}, validation=validation)
+                       data_root=args.data_root, preset_overrides={"steps": args.steps}, precision=args.precision,
+                       memory_format=args.memory_format, validation=validation)
     searches: dict[tuple, list] = {}
     for s in specs:
         searches.setdefault((s.direction, s.method, s.variant, repr(s.plugins), str(s.shots), s.seed), []).append(s)

@@ -27,12 +27,24 @@ def test_bench_reports_every_method_and_the_ratios(tmp_path, capsys):
     assert ratios["source_only_of_gemm_rate"] == pytest.approx(ratios["source_only_gflops"]
                                                                / report["machine"]["gemm_gflops"])
     assert "x the bare loop's step time" in out and f"Report: {path}" in out
+    assert report["memory_format"] == "contiguous" and "memory format contiguous" in out
+
+
+def test_bench_times_the_requested_memory_format(tmp_path, capsys):
+    path = tmp_path / "bench.json"
+    assert main(["bench", "--methods", "source_only", "--steps", "1", "--memory-format", "channels_last",
+                 "--json", str(path)]) == 0
+    report = json.loads(path.read_text())
+    assert report["memory_format"] == "channels_last" and report["methods"][0]["memory_format"] == "channels_last"
+    assert "memory format channels_last" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("args, message", [
     (["--steps", "0"], "--steps 0 is impossible: time at least one step."),
     (["--methods", "nosuch"], "Unknown method 'nosuch'"),
     (["--precision", "fp8"], "--precision 'fp8' is not a precision"),
+    (["--memory-format", "nhwc"], "--memory-format 'nhwc' is not a memory format; use one of auto, contiguous, "
+                                  "channels_last."),
 ])
 def test_bench_usage_errors_exit_2(tmp_path, args, message, capsys):
     assert main(["bench", "--json", str(tmp_path / "b.json"), *args]) == 2

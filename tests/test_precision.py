@@ -15,7 +15,7 @@ from benchmark.cli import main
 from benchmark.errors import UsageError
 from benchmark.protocol import TrialSpec
 from benchmark.runner import build_grid
-from benchmark.trainer import CHECKPOINT, _resume, _save_checkpoint, build_schedulers, run_trial
+from benchmark.trainer import CHECKPOINT, _resume, _save_checkpoint, build_schedulers, run_trial, setup_trial
 
 from helpers import build, make_batch, params_of, same
 
@@ -49,6 +49,36 @@ def test_what_each_request_trains_in(monkeypatch):
         assert kept["note"].startswith("metahallu trains in float32")
     assert precision.memory_format(got) is torch.channels_last
     assert precision.memory_format(kept) is torch.preserve_format
+
+
+def test_the_memory_format_follows_the_device_unless_asked():
+    registry.discover()
+    source_only = registry.METHODS.get("source_only")
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert precision.compute_settings("auto", cpu, source_only)["memory_format"] == "contiguous"
+    assert precision.compute_settings("auto", cuda, source_only)["memory_format"] == "channels_last"
+    assert precision.compute_settings("auto", cpu, source_only, "channels_last")["memory_format"] == "channels_last"
+    assert precision.compute_settings("auto", cuda, source_only, "contiguous")["memory_format"] == "contiguous"
+    assert precision.parse_memory_format("Channels-Last") == "channels_last"
+    with pytest.raises(UsageError, match=r"--memory-format 'nchw' is not a memory format; use one of auto, "
+                                         r"contiguous, channels_last\."):
+        precision.parse_memory_format("nchw")
+
+
+def test_a_channels_last_trial_stores_its_model_so_and_has_its_own_id():
+    (auto,) = build_grid(dataset="synthetic-heart", methods=["source_only"], shots=[1], directions=["mr2ct"],
+                         seeds=[0], preset="quick")
+    (spec,) = build_grid(dataset="synthetic-heart", methods=["source_only"], shots=[1], directions=["mr2ct"],
+                         seeds=[0], preset="quick", memory_format="channels_last")
+    assert "memory_format" not in auto.to_dict() and spec.to_dict()["memory_format"] == "channels_last"
+    assert spec.trial_id != auto.trial_id and TrialSpec.from_dict(spec.to_dict()) == spec
+    setup = setup_trial(spec, torch.device("cpu"), log=lambda s: None)
+    assert setup.compute["memory_format"] == "channels_last"
+    kernels = [p for p in setup.method.parameters() if p.ndim == 4]
+    assert kernels and all(p.is_contiguous(memory_format=torch.channels_last) for p in kernels)
+    assert not all(p.is_contiguous() for p in kernels)  # a 1x1 kernel is both; the 3x3 ones are not
+    batch = setup.sampler.batch(0).to(torch.device("cpu"), precision.memory_format(setup.compute))
+    assert batch.source_x.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_auto_keeps_every_published_trial_id():
@@ -103,6 +133,12 @@ def test_cli_refuses_an_unknown_precision_before_anything_runs(tmp_path, capsys)
     for requested in ("bf16", "fp16"):
         assert main(["run", "--methods", "source_only", "--precision", requested, "--out", str(tmp_path),
                      "--dry-run"]) == 0
+    assert main(["run", "--methods", "source_only", "--memory-format", "nchw", "--out", str(tmp_path),
+                 "--dry-run"]) == 2
+    assert "--memory-format 'nchw' is not a memory format" in capsys.readouterr().err
+    assert main(["run", "--methods", "source_only", "--memory-format", "channels_last", "--out", str(tmp_path),
+                 "--dry-run"]) == 0
+    assert "on synthetic-heart, preset quick, memory format channels_last." in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("entry", ["source_only", "source_only+cdtg", "advent", "sifa_lite"])
