@@ -26,6 +26,8 @@ from .store import TRIAL_LOG
 #: A progress report a trial sends between its logged steps carries this key (and no losses); loggers skip it.
 HEARTBEAT = "heartbeat"
 QUIET, NORMAL, VERBOSE = "quiet", "normal", "verbose"
+#: Width of a finished trial's status word (``ok``, ``FAILED``, ``stopped``), so that the labels line up.
+STATUS_WIDTH = len("stopped")
 MODES = (QUIET, NORMAL, VERBOSE)
 #: Running trials shown one per line under the bar; more are counted on the last line.
 MAX_TRIAL_LINES = 8
@@ -296,7 +298,8 @@ class RunDisplay:
     def _trial_line(self, status: str, label: str, detail: str, seconds: float) -> None:
         p = self.progress
         width = len(str(p.to_run))
-        self._write(f"[{p.finished:>{width}}/{p.to_run}] {status:<6} {label}  {detail}  ({format_duration(seconds)})")
+        self._write(f"[{p.finished:>{width}}/{p.to_run}] {status:<{STATUS_WIDTH}} {label}  {detail}  "
+                    f"({format_duration(seconds)})")
         self._refresh()
 
     def _write(self, text: str) -> None:

@@ -123,10 +123,26 @@ def test_plain_display_writes_a_line_per_trial_and_a_periodic_summary():
     lines = out.getvalue().splitlines()
     assert lines == [
         "Progress: 0 done, 0 failed, 2 running, 1 waiting, 1 skipped; ETA 2 min 02 s",
-        "[1/3] ok     ds/mr2ct/m/1shot/seed0  Dice 0.5123  (1 min 01 s)",
-        "[2/3] FAILED ds/mr2ct/m/1shot/seed1  RuntimeError: boom; log: trials/b/log.txt  (1 min 01 s)",
+        "[1/3] ok      ds/mr2ct/m/1shot/seed0  Dice 0.5123  (1 min 01 s)",
+        "[2/3] FAILED  ds/mr2ct/m/1shot/seed1  RuntimeError: boom; log: trials/b/log.txt  (1 min 01 s)",
     ]
     assert "\x1b" not in out.getvalue()
+
+
+def test_ok_failed_and_stopped_lines_start_their_labels_in_one_column():
+    clock, out = Clock(), io.StringIO()
+    display = RunDisplay(stream=out, tty=False, clock=clock)
+    display.begin(3)
+    for key in "abc":
+        display.started(key, f"ds/mr2ct/m/1shot/seed-{key}")
+    clock.now += 5
+    display.finished("a", dice=0.5)
+    display.failed("b", error="RuntimeError: boom")
+    display.stopped("c", step=2, steps=4)
+    display.close()
+    lines = [line for line in out.getvalue().splitlines() if line.startswith("[")]
+    assert [line.index("ds/") for line in lines] == [14, 14, 14]
+    assert lines[2].startswith("[3/3] stopped ds/mr2ct/m/1shot/seed-c  stopped early by the scheduler at step 2/4")
 
 
 def test_quiet_display_writes_nothing_and_verbose_adds_the_trials_lines():
@@ -150,7 +166,7 @@ def test_terminal_display_shows_a_bar_with_counts_and_the_running_steps():
     assert "ds/mr2ct/m/1shot/seed0  step 50/100" in shown
     display.finished("a", dice=0.5)
     display.close()
-    assert "[1/3] ok     ds/mr2ct/m/1shot/seed0  Dice 0.5000" in out.getvalue()
+    assert "[1/3] ok      ds/mr2ct/m/1shot/seed0  Dice 0.5000" in out.getvalue()
     assert "1/3" in out.getvalue().rsplit("Dice 0.5000", 1)[1]  # the bar moved on
 
 
