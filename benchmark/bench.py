@@ -9,7 +9,8 @@ use. ``source_only``'s step is one forward and backward pass of that U-Net, so t
 its step over the bare loop's (the suite's overhead) and its arithmetic rate over the GEMM rate (how close the
 convolutions run to the machine's peak). The trials use the synthetic heart, 1 shot, seed 0, direction mr2ct.
 Every loop is timed over all its steps, the first (which allocates the optimizers' state) included; the GEMM and
-the bare loop run first, so the device is warm before the methods are timed.
+the bare loop run first, so the device is warm before the methods are timed, and ``source_only`` is timed right
+after them, whatever its place in ``--methods``.
 
 Memory: on a GPU, the peak of ``torch.cuda.max_memory_allocated`` per method; on a CPU, the process's peak
 resident set so far (``ru_maxrss``), which only grows, so read it as an upper bound per method.
@@ -140,12 +141,13 @@ def run_bench(methods: Sequence[str] | None = None, *, preset: str = "quick", st
     compute = compute_settings(spec.precision, device, registry.METHODS.get("source_only"), spec.memory_format)
     gemm = gemm_gflops(device)
     bare = bare_loop(spec.preset_settings, device, steps, compute)
-    rows = []
-    for entry in methods:
-        rows.append(bench_method(entry, preset, steps, device, precision, layout=memory_format))
-        r = rows[-1]
+    timed = {}
+    # source_only, the ratios' reference, is timed right after the bare loop, so both see the machine in one state
+    for entry in sorted(methods, key=lambda e: e != "source_only"):
+        r = timed[entry] = bench_method(entry, preset, steps, device, precision, layout=memory_format)
         log(f"  {r['method']:<28} {r['steps_per_s']:8.2f} steps/s  {r['peak_memory_mib']:8.0f} MiB  "
             f"sampler {r['sampler_batches_per_s']:8.1f} batches/s")
+    rows = [timed[entry] for entry in methods]
     report: dict[str, Any] = {
         "machine": {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
                     "cpu_capability": torch.backends.cpu.get_cpu_capability(), "processor": cpu_model(),
