@@ -10,6 +10,7 @@ and keeps a stream's batches independent of which other streams a method asks fo
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -55,56 +56,74 @@ class BatchSampler:
             if exclude and stream.modality in exclude:
                 self.slices[name] = np.setdiff1d(self.slices[name], exclude[stream.modality])
         self.cache, self.streams, self.batch_size, self.seed = cache, streams, batch_size, seed
+        self.strength = augment
         self.augment = build_augmentation(augment)
+        # an albumentations pipeline is reseeded before each draw, so each drawing thread needs its own
+        self._pipelines = threading.local()
+        self._pipelines.augment = self.augment
+
+    def _pipeline(self):
+        """This thread's augmentation pipeline (built on its first draw; the constructing thread's is ``augment``)."""
+        if not hasattr(self._pipelines, "augment"):
+            self._pipelines.augment = build_augmentation(self.strength)
+        return self._pipelines.augment
 
     def batch(self, step: int) -> Batch:
+        """The batch of ``step``: a function of ``(seed, step)`` alone, safe to draw from several threads at once."""
         out = Batch()
+        augment = self._pipeline()
         for name, stream in self.streams.items():
             # each stream draws from its own generator, so adding a stream never changes another's batches
             rng = np.random.default_rng(derive_seed("batch", self.seed, step, name))
-            if self.augment is not None:
-                self.augment.set_random_seed(derive_seed("augment", self.seed, step, name))
+            if augment is not None:
+                augment.set_random_seed(derive_seed("augment", self.seed, step, name))
             slices = self.slices[name]
             idx = np.sort(rng.choice(slices, size=self.batch_size, replace=len(slices) < self.batch_size))
             images = np.asarray(self.cache.array(stream.modality, "images")[idx], dtype=np.float32)
             labels = (np.asarray(self.cache.array(stream.modality, "labels")[idx], dtype=np.uint8)
                       if STREAMS[name] else None)
-            images, labels = self._augment(images, labels)
+            images, labels = self._augment(augment, images, labels)
             setattr(out, f"{name}_x", torch.from_numpy(images[:, None]))
             if labels is not None:
                 setattr(out, f"{name}_y", torch.from_numpy(labels.astype(np.int64)))
         return out
 
-    def _augment(self, images: np.ndarray, labels: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
-        if self.augment is None:
+    @staticmethod
+    def _augment(augment, images: np.ndarray, labels: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+        if augment is None:
             return images, labels
         out_x, out_y = np.empty_like(images), None if labels is None else np.empty_like(labels)
         for i in range(len(images)):
             if labels is None:
-                out_x[i] = self.augment(image=images[i])["image"]
+                out_x[i] = augment(image=images[i])["image"]
             else:
-                res = self.augment(image=images[i], mask=labels[i])
+                res = augment(image=images[i], mask=labels[i])
                 out_x[i], out_y[i] = res["image"], res["mask"]
         return out_x, out_y
 
 
 class Prefetcher:
-    """The batches of steps ``start, start + 1, ...`` drawn ``depth`` steps ahead of the loop in a background thread.
+    """The batches of steps ``start, start + 1, ...`` drawn ``depth`` steps ahead of the loop by ``workers``
+    background threads.
 
-    The sampler's step ``t`` depends only on ``(seed, t, stream)`` and one worker thread is its only caller, so
-    every batch is the one :meth:`BatchSampler.batch` returns for that step, with or without prefetching; the
-    thread touches no torch random state (the loop's per-step seeding is unchanged). ``pin_memory`` pins each batch
-    for an asynchronous copy to a GPU. ``depth=0`` draws in the caller's thread. Use it as a context manager: on
-    exit the pending draws are cancelled and the thread is joined, also when the loop raised.
+    The sampler's step ``t`` depends only on ``(seed, t, stream)``, and each thread augments with its own pipeline,
+    so every batch is the one :meth:`BatchSampler.batch` returns for that step, with or without prefetching and
+    with any number of workers (they draw different steps at once; the loop takes them in order). The threads touch
+    no torch random state (the loop's per-step seeding is unchanged). ``pin_memory`` pins each batch for an
+    asynchronous copy to a GPU. ``depth=0`` draws in the caller's thread. Use it as a context manager: on exit the
+    pending draws are cancelled and the threads are joined, also when the loop raised.
     """
 
-    def __init__(self, sampler: BatchSampler, start: int, total: int, depth: int = 2, pin_memory: bool = False):
+    def __init__(self, sampler: BatchSampler, start: int, total: int, depth: int = 2, pin_memory: bool = False,
+                 workers: int = 1):
         if depth < 0:
             raise ValueError(f"prefetch depth must be at least 0, not {depth}.")
+        if workers < 1:
+            raise ValueError(f"prefetch workers must be at least 1, not {workers}.")
         self.sampler, self.total, self.depth, self.pin_memory = sampler, total, depth, pin_memory
         self._next = start
         self._pending: dict[int, Future] = {}
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="fsuda-batches") if depth else None
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="fsuda-batches") if depth else None
 
     def _draw(self, step: int) -> Batch:
         batch = self.sampler.batch(step)

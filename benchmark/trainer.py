@@ -42,15 +42,19 @@ FINAL_WEIGHTS = "model.pt"
 Reporter = Callable[[dict[str, Any]], None]
 #: Between logged steps, a trial reports its step at most this often (a heartbeat for the live display).
 PROGRESS_EVERY_S = 2.0
-#: Batches drawn ahead of the step on a GPU, in a background thread. None on CPU, where a trial is given one core
-#: and a drawing thread would only take time from the step (or from another trial's core).
+#: On a GPU, each worker thread keeps this many batches drawn ahead of the step. None on CPU, where a trial is
+#: given one core and a drawing thread would only take time from the step (or from another trial's core).
 PREFETCH_CUDA = 2
 
 
 def input_pipeline(device: torch.device) -> dict[str, Any]:
-    """How a trial on ``device`` draws its batches: ``prefetch`` steps ahead, ``pin_memory`` for the copy."""
-    cuda = device.type == "cuda"
-    return {"prefetch": PREFETCH_CUDA if cuda else 0, "pin_memory": cuda}
+    """How a trial on ``device`` draws its batches: ``workers`` background threads (on a GPU one per CPU core the
+    trial is given: torch's thread count, which Ray sets to the trial's CPUs), ``prefetch`` steps ahead,
+    ``pin_memory`` for the copy."""
+    if device.type != "cuda":
+        return {"prefetch": 0, "pin_memory": False, "workers": 0}
+    workers = max(1, torch.get_num_threads())
+    return {"prefetch": PREFETCH_CUDA * workers, "pin_memory": True, "workers": workers}
 
 
 def lr_lambda(warmup: int, total: int, start: int = 0) -> Callable[[int], float]:
@@ -174,7 +178,7 @@ def train(spec: TrialSpec, method: Method, sampler: BatchSampler, trial_dir: Pat
     """Run (or resume) the training loop of a trial; returns the last step's losses and the training seconds.
 
     Step ``t`` re-seeds torch from ``(seed, t)`` and draws its batch from the sampler's step ``t`` (``pipeline``,
-    default :func:`input_pipeline`: drawn ahead in a background thread on a GPU, the same batches) and trains it
+    default :func:`input_pipeline`: drawn ahead by background threads on a GPU, the same batches) and trains it
     under ``compute`` (:func:`benchmark.precision.compute_settings`, default float32, contiguous); a checkpoint is
     written atomically every ``checkpoint_every`` steps, so an interrupted trial resumes exactly where it stopped.
     Every ``log_every`` steps it logs a step line and reports ``{"step", "total_steps", "timesteps_total", losses}``;
@@ -195,7 +199,8 @@ def train(spec: TrialSpec, method: Method, sampler: BatchSampler, trial_dir: Pat
     pipeline = input_pipeline(device) if pipeline is None else pipeline
     compute = compute or {"precision": "fp32", "memory_format": "contiguous"}
     layout = memory_format(compute)
-    with Prefetcher(sampler, start, total, pipeline["prefetch"], pipeline["pin_memory"]) as batches:
+    with Prefetcher(sampler, start, total, pipeline["prefetch"], pipeline["pin_memory"],
+                    max(1, pipeline.get("workers", 1))) as batches:
         for step in range(start, total):
             torch.manual_seed(derive_seed("step", spec.seed, step))
             batch: Batch = batches.batch(step).to(device, layout)

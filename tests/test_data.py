@@ -136,20 +136,44 @@ def _same_batch(a, b) -> bool:
                for x, y in zip(vars(a).values(), vars(b).values()))
 
 
-@pytest.mark.parametrize("depth", [0, 1, 3])
-def test_prefetching_changes_no_batch(adapter, cache, depth):
+@pytest.mark.parametrize("depth, workers", [(0, 1), (1, 1), (3, 1), (8, 4)])
+def test_prefetching_changes_no_batch(adapter, cache, depth, workers):
     spec = TrialSpec(dataset="synthetic-heart", direction="mr2ct", method="x", shots=4, seed=3, preset="quick")
     sampler = BatchSampler(cache, build_streams(adapter, spec, ("source", "target")), batch_size=4, seed=3)
     direct = [sampler.batch(step) for step in range(50)]
     threads = threading.active_count()
-    with Prefetcher(sampler, 0, 50, depth) as batches:
+    with Prefetcher(sampler, 0, 50, depth, workers=workers) as batches:
         ahead = [batches.batch(step) for step in range(50)]
-        assert threading.active_count() == threads + (depth > 0)
-    assert threading.active_count() == threads  # the drawing thread is joined on exit
+        assert threads + (depth > 0) <= threading.active_count() <= threads + (depth > 0) * workers
+    assert threading.active_count() == threads  # the drawing threads are joined on exit
     assert all(_same_batch(a, b) for a, b in zip(direct, ahead))
     # a resumed loop starts further on and gets that step's batches
-    with Prefetcher(sampler, 20, 50, depth) as batches:
+    with Prefetcher(sampler, 20, 50, depth, workers=workers) as batches:
         assert all(_same_batch(direct[step], batches.batch(step)) for step in range(20, 30))
+
+
+def test_threads_drawing_at_once_get_the_batches_of_their_steps(adapter, cache):
+    # four threads draw the same 40 steps in different orders at the same time: each gets exactly the batch of its
+    # step, so no thread's draw leaks into another's (each augments with its own pipeline)
+    spec = TrialSpec(dataset="synthetic-heart", direction="mr2ct", method="x", shots=4, seed=5, preset="quick")
+    sampler = BatchSampler(cache, build_streams(adapter, spec, ("source", "target")), batch_size=4, seed=5)
+    direct = [sampler.batch(step) for step in range(40)]
+    orders = [list(range(40)), list(range(39, -1, -1)), list(range(0, 40, 2)) + list(range(1, 40, 2)),
+              [int(i) for i in np.random.default_rng(0).permutation(40)]]
+    got: dict[tuple[int, int], object] = {}
+    barrier = threading.Barrier(len(orders))
+
+    def draw(k: int) -> None:
+        barrier.wait()
+        for step in orders[k]:
+            got[k, step] = sampler.batch(step)
+
+    workers = [threading.Thread(target=draw, args=(k,)) for k in range(len(orders))]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert all(_same_batch(direct[step], got[k, step]) for k in range(len(orders)) for step in range(40))
 
 
 def test_prefetcher_joins_its_thread_when_the_loop_raises(adapter, cache):
@@ -163,3 +187,5 @@ def test_prefetcher_joins_its_thread_when_the_loop_raises(adapter, cache):
     assert threading.active_count() == threads
     with pytest.raises(ValueError, match="prefetch depth must be at least 0, not -1"):
         Prefetcher(sampler, 0, 10, -1)
+    with pytest.raises(ValueError, match="prefetch workers must be at least 1, not 0"):
+        Prefetcher(sampler, 0, 10, 2, workers=0)

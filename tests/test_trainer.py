@@ -57,15 +57,15 @@ def test_same_seed_same_numbers_and_resume_is_exact(tmp_path):
 
 
 def test_prefetching_changes_no_number(tmp_path, monkeypatch):
-    # the GPU's input pipeline (batches drawn ahead in a thread), forced on the CPU: the same trial, bit for bit
+    # the GPU's input pipeline (batches drawn ahead by two threads), forced on the CPU: the same trial, bit for bit
     from benchmark import trainer
 
     spec = make_spec("metahallu", steps=4)
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     plain = run_trial(spec, tmp_path / "a", log=lambda s: None)
-    assert plain["input_pipeline"] == {"prefetch": 0, "pin_memory": False}
-    monkeypatch.setattr(trainer, "input_pipeline", lambda device: {"prefetch": 3, "pin_memory": False})
+    assert plain["input_pipeline"] == {"prefetch": 0, "pin_memory": False, "workers": 0}
+    monkeypatch.setattr(trainer, "input_pipeline", lambda device: {"prefetch": 3, "pin_memory": False, "workers": 2})
     ahead = run_trial(spec, tmp_path / "b", log=lambda s: None)
     assert ahead["input_pipeline"]["prefetch"] == 3
     assert ahead["final_losses"] == plain["final_losses"] and ahead["summary"] == plain["summary"]
