@@ -57,13 +57,12 @@ class BatchSampler:
                 self.slices[name] = np.setdiff1d(self.slices[name], exclude[stream.modality])
         self.cache, self.streams, self.batch_size, self.seed = cache, streams, batch_size, seed
         self.strength = augment
-        self.augment = build_augmentation(augment)
         # an albumentations pipeline is reseeded before each draw, so each drawing thread needs its own
         self._pipelines = threading.local()
-        self._pipelines.augment = self.augment
+        self._pipelines.augment = build_augmentation(augment)  # the constructing thread's, built (and checked) now
 
     def _pipeline(self):
-        """This thread's augmentation pipeline (built on its first draw; the constructing thread's is ``augment``)."""
+        """This thread's augmentation pipeline, built on its first draw (``None`` without augmentation)."""
         if not hasattr(self._pipelines, "augment"):
             self._pipelines.augment = build_augmentation(self.strength)
         return self._pipelines.augment
@@ -110,16 +109,16 @@ class Prefetcher:
     so every batch is the one :meth:`BatchSampler.batch` returns for that step, with or without prefetching and
     with any number of workers (they draw different steps at once; the loop takes them in order). The threads touch
     no torch random state (the loop's per-step seeding is unchanged). ``pin_memory`` pins each batch for an
-    asynchronous copy to a GPU. ``depth=0`` draws in the caller's thread. Use it as a context manager: on exit the
-    pending draws are cancelled and the threads are joined, also when the loop raised.
+    asynchronous copy to a GPU. ``depth=0`` draws in the caller's thread (``workers`` is then unused). Use it as a
+    context manager: on exit the pending draws are cancelled and the threads are joined, also when the loop raised.
     """
 
     def __init__(self, sampler: BatchSampler, start: int, total: int, depth: int = 2, pin_memory: bool = False,
                  workers: int = 1):
         if depth < 0:
             raise ValueError(f"prefetch depth must be at least 0, not {depth}.")
-        if workers < 1:
-            raise ValueError(f"prefetch workers must be at least 1, not {workers}.")
+        if depth and workers < 1:
+            raise ValueError(f"prefetch workers must be at least 1 to draw ahead, not {workers}.")
         self.sampler, self.total, self.depth, self.pin_memory = sampler, total, depth, pin_memory
         self._next = start
         self._pending: dict[int, Future] = {}

@@ -200,7 +200,7 @@ def train(spec: TrialSpec, method: Method, sampler: BatchSampler, trial_dir: Pat
     compute = compute or {"precision": "fp32", "memory_format": "contiguous"}
     layout = memory_format(compute)
     with Prefetcher(sampler, start, total, pipeline["prefetch"], pipeline["pin_memory"],
-                    max(1, pipeline.get("workers", 1))) as batches:
+                    pipeline["workers"]) as batches:
         for step in range(start, total):
             torch.manual_seed(derive_seed("step", spec.seed, step))
             batch: Batch = batches.batch(step).to(device, layout)

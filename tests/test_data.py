@@ -187,5 +187,5 @@ def test_prefetcher_joins_its_thread_when_the_loop_raises(adapter, cache):
     assert threading.active_count() == threads
     with pytest.raises(ValueError, match="prefetch depth must be at least 0, not -1"):
         Prefetcher(sampler, 0, 10, -1)
-    with pytest.raises(ValueError, match="prefetch workers must be at least 1, not 0"):
+    with pytest.raises(ValueError, match="prefetch workers must be at least 1 to draw ahead, not 0"):
         Prefetcher(sampler, 0, 10, 2, workers=0)
