@@ -12,6 +12,11 @@ Every loop is timed over all its steps, the first (which allocates the optimizer
 the bare loop run first, so the device is warm before the methods are timed, and ``source_only`` is timed right
 after them, whatever its place in ``--methods``.
 
+Input pipeline: ``source_only``'s batches drawn ahead by ``--workers`` processes (:class:`benchmark.data.Prefetcher`,
+as a GPU trial draws them; default one per CPU core a GPU trial gets, on a CPU this machine's cores), in batches
+per second after the workers' start, and as a multiple of the batches ``source_only``'s step consumes: below 1
+the step waits for its data.
+
 Memory: on a GPU, the peak of ``torch.cuda.max_memory_allocated`` per method; on a CPU, the process's peak
 resident set so far (``ru_maxrss``), which only grows, so read it as an upper bound per method.
 """
@@ -19,6 +24,7 @@ resident set so far (``ru_maxrss``), which only grows, so read it as an upper bo
 from __future__ import annotations
 
 import json
+import os
 import resource
 import tempfile
 import time
@@ -34,7 +40,8 @@ from .losses import dice_ce_loss
 from .models import build_segmenter
 from .precision import autocast, compute_settings, memory_format, to_memory_format
 from .runner import build_grid
-from .trainer import cpu_model, setup_trial, train
+from .data import Prefetcher
+from .trainer import PREFETCH_CUDA, cpu_model, input_pipeline, setup_trial, train
 
 DATASET, DIRECTION = "synthetic-heart", "mr2ct"
 #: Matrix side of the GEMM rate, large enough to reach a CPU's peak and small enough to take a fraction of a second.
@@ -125,12 +132,39 @@ def bench_method(entry: str, preset: str, steps: int, device: torch.device, requ
             "sampler_batches_per_s": 1 / sampler_s, "sampler_to_step": step_s / sampler_s}
 
 
+def pipeline_throughput(preset: str, steps: int, workers: int, device: torch.device) -> dict[str, float]:
+    """Batches per second of ``source_only``'s input pipeline drawn ahead by ``workers`` processes, over at least
+    ``steps`` and eight batches per worker, timed after the first batch (which waits for the workers to start)."""
+    total = 1 + max(steps, 8 * workers)
+    (spec,) = build_grid(dataset=DATASET, methods=["source_only"], shots=[1], directions=[DIRECTION], seeds=[0],
+                         preset=preset, preset_overrides={"steps": total})
+    sampler = setup_trial(spec, device, lambda s: None).sampler
+    t0 = time.perf_counter()
+    with Prefetcher(sampler, 0, total, PREFETCH_CUDA * workers, pin_memory=device.type == "cuda",
+                    workers=workers) as batches:
+        batches.batch(0)
+        t1 = time.perf_counter()
+        for step in range(1, total):
+            batches.batch(step)
+        t2 = time.perf_counter()
+    return {"workers": workers, "startup_s": t1 - t0, "batches_per_s": (total - 1) / (t2 - t1)}
+
+
+def default_workers(device: torch.device) -> int:
+    """A GPU trial's drawing processes (one per CPU core it gets); on a CPU, this machine's cores."""
+    if device.type == "cuda":
+        return input_pipeline(device)["workers"]
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def run_bench(methods: Sequence[str] | None = None, *, preset: str = "quick", steps: int = 20,
               threads: int | None = 1, precision: str = "auto", memory_format: str = "auto",
-              log=print) -> dict[str, Any]:
+              workers: int | None = None, log=print) -> dict[str, Any]:
     """The benchmark's report (see the module docstring); ``methods`` default to every registered method."""
     if steps < 1:
         raise UsageError(f"--steps {steps} is impossible: time at least one step.")
+    if workers is not None and workers < 1:
+        raise UsageError(f"--workers {workers} is impossible: the input pipeline draws with at least one process.")
     registry.discover()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cpu" and threads:
@@ -148,20 +182,23 @@ def run_bench(methods: Sequence[str] | None = None, *, preset: str = "quick", st
         log(f"  {r['method']:<28} {r['steps_per_s']:8.2f} steps/s  {r['peak_memory_mib']:8.0f} MiB  "
             f"sampler {r['sampler_batches_per_s']:8.1f} batches/s")
     rows = [timed[entry] for entry in methods]
+    pipeline = pipeline_throughput(preset, steps, workers or default_workers(device), device)
+    log(f"  input pipeline: {pipeline['batches_per_s']:.1f} batches/s with {pipeline['workers']} worker(s)")
     report: dict[str, Any] = {
         "machine": {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
                     "cpu_capability": torch.backends.cpu.get_cpu_capability(), "processor": cpu_model(),
                     "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
                     "gemm_gflops": gemm},
         "preset": preset, "steps": steps, "precision": precision, "memory_format": compute["memory_format"],
-        "methods": rows,
+        "methods": rows, "input_pipeline": pipeline,
         "bare_loop": {"step_ms": 1e3 * bare["step_s"], "gflop_per_step": bare["gflop_per_step"],
                       "gflops": bare["gflop_per_step"] / bare["step_s"]}}
     suite = next((r for r in rows if r["method"] == "source_only"), None)
     if suite is not None:
         rate = bare["gflop_per_step"] / (suite["step_ms"] / 1e3)
         report["ratios"] = {"source_only_over_bare_loop": suite["step_ms"] / (1e3 * bare["step_s"]),
-                            "source_only_gflops": rate, "source_only_of_gemm_rate": rate / gemm}
+                            "source_only_gflops": rate, "source_only_of_gemm_rate": rate / gemm,
+                            "pipeline_over_source_only_step": pipeline["batches_per_s"] * suite["step_ms"] / 1e3}
     return report
 
 
@@ -184,6 +221,11 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"source_only: {q['source_only_over_bare_loop']:.3f}x the bare loop's step time; "
                      f"{q['source_only_gflops']:.1f} GFLOP/s = {100 * q['source_only_of_gemm_rate']:.0f}% of the "
                      f"GEMM rate")
+    p = report["input_pipeline"]
+    lines.append(f"input pipeline (source_only's batches, {p['workers']} drawing process(es)): "
+                 f"{p['batches_per_s']:.1f} batches/s after a {p['startup_s']:.1f} s start"
+                 + (f", {report['ratios']['pipeline_over_source_only_step']:.1f}x what source_only's step consumes"
+                    if "ratios" in report else ""))
     return "\n".join(lines)
 
 
@@ -193,4 +235,5 @@ def write_report(report: dict[str, Any], path: Path) -> Path:
     return path
 
 
-__all__ = ["bare_loop", "bench_method", "format_report", "gemm_gflops", "run_bench", "write_report"]
+__all__ = ["bare_loop", "bench_method", "default_workers", "format_report", "gemm_gflops", "pipeline_throughput",
+           "run_bench", "write_report"]

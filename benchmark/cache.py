@@ -198,6 +198,13 @@ class SliceCache:
             raise DataError(f"The slice cache {self.path} is unreadable ({exc}); delete it and run again.") from None
         self._arrays: dict[str, np.ndarray] = {}
 
+    def __getstate__(self) -> dict[str, Any]:
+        # sent to a batch-drawing process by its path: the arrays are reopened there, memory-mapped
+        return {"path": self.path, "index": self.index}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.path, self.index, self._arrays = state["path"], state["index"], {}
+
     def array(self, modality: str, kind: str) -> np.ndarray:
         """``kind`` is "images" (float32) or "labels" (uint8), shape (slices, size, size)."""
         key = f"{modality}_{kind}"

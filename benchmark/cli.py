@@ -123,6 +123,9 @@ def _add_run_parser(sub, presets: str) -> None:
     be.add_argument("--preset", default="quick", metavar=presets, help="the preset whose model and batch to time")
     be.add_argument("--steps", type=int, default=20, help="training steps timed per method")
     be.add_argument("--threads", type=int, default=1, help="CPU threads (0: torch's default); ignored on a GPU")
+    be.add_argument("--workers", type=int, default=None,
+                    help="batch-drawing processes of the input pipeline timed for source_only (default: as a GPU "
+                         "trial gets, one per CPU core; on a CPU, this machine's cores)")
     be.add_argument("--precision", default="auto", metavar="{auto,fp32,bf16,fp16}", help="as for run")
     be.add_argument("--memory-format", default="auto", metavar="{auto,contiguous,channels_last}", help="as for run")
     be.add_argument("--json", default="runs/bench.json", help="where the report is written")
@@ -153,7 +156,9 @@ def _add_run_parser(sub, presets: str) -> None:
     r.add_argument("--select-every", type=int, default=None,
                    help="a selection study's candidate interval in steps (default: the preset's checkpoint_every)")
     r.add_argument("--out", default=DEFAULT_OUT, help="results directory")
-    r.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPU cores Ray reserves for each trial")
+    r.add_argument("--cpus-per-trial", default="auto",
+                   help="CPU cores Ray reserves for each trial: a number, or auto (the default): 1 on a cluster "
+                        "without GPUs, else a GPU node's CPUs shared among the trials its GPUs run at once")
     r.add_argument("--gpus-per-trial", default="auto",
                    help="GPUs Ray reserves for each trial: auto (one when the cluster has GPUs, else none), or a "
                         "number; fractions share one GPU, e.g. 0.25")
@@ -190,9 +195,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if args.tracker is not None:
         check_tracker(args.tracker)
-    from .resources import check_trial_request, parse_gpus
+    from .resources import check_trial_request, parse_cpus, parse_gpus
 
     gpus_per_trial = parse_gpus(args.gpus_per_trial)
+    args.cpus_per_trial = parse_cpus(args.cpus_per_trial)
     check_trial_request(args.cpus_per_trial, args.steps)
     policies, validation = _study(args)
     specs = build_grid(dataset=args.dataset, methods=args.methods, shots=args.shots, directions=args.directions,
@@ -272,7 +278,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import format_report, run_bench, write_report
 
     report = run_bench(args.methods, preset=args.preset, steps=args.steps, threads=args.threads or None,
-                       precision=args.precision, memory_format=args.memory_format)
+                       precision=args.precision, memory_format=args.memory_format, workers=args.workers)
     print(format_report(report))
     print(f"Report: {write_report(report, Path(args.json))}")
     return 0

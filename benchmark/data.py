@@ -9,14 +9,16 @@ and keeps a stream's batches independent of which other streams a method asks fo
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+import warnings
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import numpy as np
 import torch
+import torch.utils.data
 
 from .cache import SliceCache
 from .protocol import derive_seed
@@ -61,14 +63,27 @@ class BatchSampler:
         self._pipelines = threading.local()
         self._pipelines.augment = build_augmentation(augment)  # the constructing thread's, built (and checked) now
 
+    def __getstate__(self) -> dict:
+        # a drawing process builds its own augmentation pipeline, as a drawing thread does
+        return {k: v for k, v in vars(self).items() if k != "_pipelines"}
+
+    def __setstate__(self, state: dict) -> None:
+        vars(self).update(state)
+        self._pipelines = threading.local()
+
     def _pipeline(self):
         """This thread's augmentation pipeline, built on its first draw (``None`` without augmentation)."""
         if not hasattr(self._pipelines, "augment"):
             self._pipelines.augment = build_augmentation(self.strength)
         return self._pipelines.augment
 
-    def batch(self, step: int) -> Batch:
-        """The batch of ``step``: a function of ``(seed, step)`` alone, safe to draw from several threads at once."""
+    def batch(self, step: int, shared: bool = False) -> Batch:
+        """The batch of ``step``: a function of ``(seed, step)`` alone, safe to draw from several threads at once.
+
+        ``shared`` is the form a drawing process sends: written straight into shared memory (so sending it copies
+        nothing), with uint8 labels (an eighth of the bytes), which :meth:`Batch.to` widens to int64 on the
+        device they are moved to.
+        """
         out = Batch()
         augment = self._pipeline()
         for name, stream in self.streams.items():
@@ -81,36 +96,79 @@ class BatchSampler:
             images = np.asarray(self.cache.array(stream.modality, "images")[idx], dtype=np.float32)
             labels = (np.asarray(self.cache.array(stream.modality, "labels")[idx], dtype=np.uint8)
                       if STREAMS[name] else None)
-            images, labels = self._augment(augment, images, labels)
-            setattr(out, f"{name}_x", torch.from_numpy(images[:, None]))
-            if labels is not None:
-                setattr(out, f"{name}_y", torch.from_numpy(labels.astype(np.int64)))
+            x = _empty((len(idx), 1, *images.shape[1:]), torch.float32, shared)
+            y = None if labels is None else _empty(labels.shape, torch.uint8, shared)
+            self._augment(augment, images, labels, x.numpy()[:, 0], None if y is None else y.numpy())
+            setattr(out, f"{name}_x", x)
+            if y is not None:
+                setattr(out, f"{name}_y", y if shared else y.long())
         return out
 
     @staticmethod
-    def _augment(augment, images: np.ndarray, labels: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    def _augment(augment, images: np.ndarray, labels: np.ndarray | None, out_x: np.ndarray,
+                 out_y: np.ndarray | None) -> None:
+        """Augments slice by slice into ``out_x`` / ``out_y``."""
         if augment is None:
-            return images, labels
-        out_x, out_y = np.empty_like(images), None if labels is None else np.empty_like(labels)
+            out_x[...] = images
+            if labels is not None:
+                out_y[...] = labels
+            return
         for i in range(len(images)):
             if labels is None:
                 out_x[i] = augment(image=images[i])["image"]
             else:
                 res = augment(image=images[i], mask=labels[i])
                 out_x[i], out_y[i] = res["image"], res["mask"]
-        return out_x, out_y
+
+
+def _empty(shape: tuple[int, ...], dtype: torch.dtype, shared: bool) -> torch.Tensor:
+    return torch.empty(shape, dtype=dtype).share_memory_() if shared else torch.empty(shape, dtype=dtype)
+
+
+class _Steps(torch.utils.data.Dataset):
+    """The sampler's batch of step ``t`` as item ``t``, in the form a DataLoader worker sends back and pins."""
+
+    def __init__(self, sampler: BatchSampler):
+        self.sampler = sampler
+
+    def __getitem__(self, step: int) -> dict[str, torch.Tensor | None]:
+        return vars(self.sampler.batch(int(step), shared=True))
+
+
+def _init_worker(_: int) -> None:
+    """A drawing process has one core: OpenCV (albumentations' warps) would otherwise start a thread per core."""
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
+def _worker_context():
+    """``forkserver`` (spawn where unavailable): a worker starts from a clean process, not a fork of a trial that
+    runs Ray's and torch's threads; the server preloads this module, so a worker does not import torch again.
+    The sampler travels to it pickled (the cache by its path, reopened there memory-mapped)."""
+    methods = multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    if ctx.get_start_method() == "forkserver":
+        ctx.set_forkserver_preload([__name__])
+    return ctx
 
 
 class Prefetcher:
-    """The batches of steps ``start, start + 1, ...`` drawn ``depth`` steps ahead of the loop by ``workers``
-    background threads.
+    """The batches of steps ``start, start + 1, ..., total - 1``, drawn ``depth`` steps ahead of the loop by
+    ``workers`` background processes (a :class:`torch.utils.data.DataLoader` over the steps).
 
-    The sampler's step ``t`` depends only on ``(seed, t, stream)``, and each thread augments with its own pipeline,
-    so every batch is the one :meth:`BatchSampler.batch` returns for that step, with or without prefetching and
-    with any number of workers (they draw different steps at once; the loop takes them in order). The threads touch
-    no torch random state (the loop's per-step seeding is unchanged). ``pin_memory`` pins each batch for an
-    asynchronous copy to a GPU. ``depth=0`` draws in the caller's thread (``workers`` is then unused). Use it as a
-    context manager: on exit the pending draws are cancelled and the threads are joined, also when the loop raised.
+    The sampler's step ``t`` depends only on ``(seed, t, stream)``, so every batch is the one
+    :meth:`BatchSampler.batch` returns for that step, with or without prefetching and with any number of workers
+    (they draw different steps at once; the loader hands them over in order). Processes, not threads: the
+    per-slice augmentation holds the GIL for part of each draw, so drawing threads stop scaling after a few
+    cores, while processes scale with the cores a trial is given (a batch reaches the loop through shared
+    memory, at a small cost per batch). A script that trains through this API must guard its entry point with
+    ``if __name__ == "__main__":``, as for any :mod:`multiprocessing` code. The loader draws its workers' base
+    seed from a generator of its own, so the trial's torch random state is untouched. ``pin_memory`` pins each
+    batch for an asynchronous copy to a GPU. ``depth=0`` draws in the caller's thread (``workers`` is then
+    unused). Use it as a context manager: on exit the workers are stopped, also when the loop raised. A worker
+    that fails is replaced by drawing in the caller's process, which raises the error itself (or, after a crash
+    of the worker alone, draws the same batches and warns).
     """
 
     def __init__(self, sampler: BatchSampler, start: int, total: int, depth: int = 2, pin_memory: bool = False,
@@ -121,8 +179,13 @@ class Prefetcher:
             raise ValueError(f"prefetch workers must be at least 1 to draw ahead, not {workers}.")
         self.sampler, self.total, self.depth, self.pin_memory = sampler, total, depth, pin_memory
         self._next = start
-        self._pending: dict[int, Future] = {}
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="fsuda-batches") if depth else None
+        self._batches = None
+        if depth and start < total:
+            loader = torch.utils.data.DataLoader(
+                _Steps(sampler), batch_size=None, sampler=range(start, total), num_workers=workers,
+                prefetch_factor=max(1, -(-depth // workers)), pin_memory=pin_memory, worker_init_fn=_init_worker,
+                multiprocessing_context=_worker_context(), generator=torch.Generator())
+            self._batches = iter(loader)
 
     def _draw(self, step: int) -> Batch:
         batch = self.sampler.batch(step)
@@ -131,22 +194,29 @@ class Prefetcher:
         return batch
 
     def batch(self, step: int) -> Batch:
-        """The batch of ``step`` (steps are asked for in order); queues the next ``depth`` steps' draws."""
-        if self._pool is None:
+        """The batch of ``step``; steps are asked for in order, each once."""
+        if step != self._next or step >= self.total:
+            raise ValueError(f"The prefetcher hands out steps {self._next} to {self.total - 1} in order; "
+                             f"step {step} was asked for.")
+        self._next += 1
+        if self._batches is None:
             return self._draw(step)
-        for stale in [k for k in self._pending if k < step]:
-            self._pending.pop(stale).cancel()
-        self._next = max(self._next, step)
-        while self._next < min(step + 1 + self.depth, self.total):
-            self._pending[self._next] = self._pool.submit(self._draw, self._next)
-            self._next += 1
-        future = self._pending.pop(step, None)
-        return self._draw(step) if future is None else future.result()
+        try:
+            return Batch(**next(self._batches))
+        except Exception as exc:  # a worker's error or crash: draw here, which raises the error without the wrapper
+            self.close()
+            batch = self._draw(step)
+            warnings.warn(f"A batch-drawing worker failed at step {step} ({type(exc).__name__}); the trial draws "
+                          f"its batches in its own process from here on (the same batches).", RuntimeWarning,
+                          stacklevel=2)
+            return batch
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pending.clear()
+        """Stop the workers (dropping the loader's iterator shuts them down and joins them)."""
+        batches, self._batches = self._batches, None
+        shutdown = getattr(batches, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
 
     def __enter__(self) -> "Prefetcher":
         return self

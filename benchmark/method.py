@@ -52,6 +52,7 @@ from .errors import PluginHostError
 from .hparams import HParam, log_uniform, uniform
 from .losses import dice_ce_loss
 from .models import Segmenter
+from .precision import LossScaler
 from .protocol import row_name
 from .streams import Batch
 
@@ -109,13 +110,8 @@ class Method(nn.Module):
         #: One (start, end) step span per optimizer for its schedule; ``None``: every optimizer over all steps.
         self.optimizer_spans: list[tuple[int, int]] | None = None
         self._plugin_step: dict[str, Any] | None = None  # the batch and losses of the step in progress
-        #: The trial's loss scaler: disabled (``backward`` and ``step`` unchanged) unless :meth:`scale_losses`.
-        self.grad_scaler = torch.amp.GradScaler(torch.device(ctx.device).type, enabled=False)
-        #: Training steps in which some optimizer's float16 gradients overflowed, so that the scaler skipped that
-        #: optimizer's update (and halved the scale).
-        self.skipped_steps = 0
-        self._stepping: torch.optim.Optimizer | None = None  # the optimizer :meth:`step` is stepping
-        self._stepped = False  # whether an optimizer stepped through the scaler in the training step in progress
+        #: The trial's loss scaling: disabled (``backward`` and ``step`` unchanged) unless :meth:`scale_losses`.
+        self.loss_scaler = LossScaler(torch.device(ctx.device).type)
 
     @classmethod
     def declared_hparams(cls) -> dict[str, HParam]:
@@ -144,57 +140,25 @@ class Method(nn.Module):
     # -- back-propagation and steps (loss scaling) ---------------------------------------------------------------
     def backward(self, loss: torch.Tensor, **kwargs: Any) -> None:
         """``loss.backward(**kwargs)``, with ``loss`` multiplied by the loss scale under float16."""
-        self.grad_scaler.scale(loss).backward(**kwargs)
+        self.loss_scaler.backward(loss, **kwargs)
 
     def step(self, optimizer: torch.optim.Optimizer) -> None:
-        """``optimizer.step()``: under float16 through the gradient scaler, which unscales the gradients first and
+        """``optimizer.step()``: under float16 through the loss scaler, which unscales the gradients first and
         skips the step if any is not finite. Attached plug-ins join the segmenter's optimizer here (see
         :meth:`attach_plugins`), before the gradients are unscaled, so their loss is scaled like the host's."""
         if "plugins" in self._modules and optimizer is self.segmenter_optimizer():
             self._join_plugins()
-        self._stepping = optimizer
-        try:
-            self.grad_scaler.step(optimizer)
-        finally:
-            self._stepping = None
-        self._stepped = True
+        self.loss_scaler.step(optimizer)
 
     def scale_losses(self) -> None:
         """Train with a float16 loss scaler (``--precision fp16``; call before the first step). Every optimizer of
-        the method then refuses a step that does not come through :meth:`step`, since its gradients would be
-        applied still multiplied by the loss scale."""
-        self.grad_scaler = torch.amp.GradScaler(torch.device(self.ctx.device).type)
-        for optimizer in self.optimizers:
-            optimizer.register_step_pre_hook(self._only_scaled_steps)
-
-    def _only_scaled_steps(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        if self._stepping is not optimizer:
-            raise RuntimeError(
-                f"Method {self.name!r} stepped an optimizer ({type(optimizer).__name__}) directly under "
-                f"--precision fp16: its gradients carry the loss scale. Back-propagate with self.backward(loss) "
-                f"and step with self.step(optimizer), as the suite's methods do, or train it with --precision "
-                f"bf16 or fp32.")
+        the method then refuses a step that does not come through :meth:`step`."""
+        self.loss_scaler = LossScaler(torch.device(self.ctx.device).type, enabled=True)
+        self.loss_scaler.guard(self.optimizers, self.name)
 
     def end_step(self) -> None:
-        """Close a training step: the loss scaler's update (once per step, after every optimizer has stepped),
-        counting the step in :attr:`skipped_steps` when some optimizer's gradients overflowed (the scale drops)."""
-        if self.grad_scaler.is_enabled() and self._stepped:
-            before = self.grad_scaler.get_scale()
-            self.grad_scaler.update()
-            self.skipped_steps += int(self.grad_scaler.get_scale() < before)
-        self._stepped = False
-
-    def scaler_state(self) -> dict[str, Any]:
-        """The loss scaler's state and the skipped-step count, for a checkpoint (empty when not scaling)."""
-        if not self.grad_scaler.is_enabled():
-            return {}
-        return {"grad_scaler": self.grad_scaler.state_dict(), "skipped_steps": self.skipped_steps}
-
-    def load_scaler_state(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`scaler_state` saved."""
-        if "grad_scaler" in state:
-            self.grad_scaler.load_state_dict(state["grad_scaler"])
-            self.skipped_steps = int(state["skipped_steps"])
+        """Close a training step: the loss scaler's update, once, after every optimizer has stepped."""
+        self.loss_scaler.end_step()
 
     # -- plug-ins ---------------------------------------------------------------------------------------------
     @classmethod
@@ -273,7 +237,7 @@ class Method(nn.Module):
     def _plugins_join_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         """Step pre-hook of the segmenter's optimizer: add every plug-in's gradient to the host's (unless
         :meth:`step` already did, before unscaling)."""
-        if self._stepping is not optimizer:
+        if not self.loss_scaler.is_stepping(optimizer):
             self._join_plugins()
 
     def _join_plugins(self) -> None:

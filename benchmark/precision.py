@@ -8,10 +8,10 @@ unless the CPU has instructions for them). bfloat16 keeps float32's exponent ran
 float16 does (Micikevicius et al., "Mixed Precision Training", ICLR 2018): small gradients underflow, so each loss
 is multiplied by a dynamic scale before back-propagation (``torch.amp.GradScaler``), the gradients are divided by
 it before the optimizer steps, a step whose gradients overflowed is skipped and the scale halved, and the scale
-doubles after 2000 clean steps. Every method back-propagates and steps through :meth:`benchmark.method.Method.backward`
-and :meth:`~benchmark.method.Method.step`, which go through the trial's one scaler under fp16 and are plain
-``backward()`` and ``step()`` otherwise. The scaler's state is checkpointed with the trial; its final scale and
-the number of skipped steps are recorded in ``result.json``.
+doubles after 2000 clean steps. Every method back-propagates and steps through
+:meth:`benchmark.method.Method.backward` and :meth:`~benchmark.method.Method.step`, which go through the trial's
+one :class:`LossScaler` under fp16 and are plain ``backward()`` and ``step()`` otherwise. The scaler's state is
+checkpointed with the trial; its final scale and the number of skipped steps are recorded in ``result.json``.
 
 Autocast covers the training step only; evaluation runs in float32, so a score never depends on the precision of
 the forward pass that produced it, only on the weights. A method whose step differentiates through its own
@@ -114,5 +114,90 @@ def to_memory_format(module, settings: dict[str, Any]):
     return module.to(memory_format=torch.channels_last) if settings["memory_format"] == "channels_last" else module
 
 
-__all__ = ["MEMORY_FORMATS", "PRECISIONS", "auto_precision", "autocast", "bf16_supported", "compute_settings",
-           "memory_format", "parse_memory_format", "parse_precision", "to_memory_format"]
+class LossScaler:
+    """A trial's loss scaling: one ``torch.amp.GradScaler`` for all of a method's optimizers, updated once per
+    training step, and a guard that refuses an optimizer step that bypasses it.
+
+    Disabled (the default, any precision but fp16), :meth:`backward` and :meth:`step` are ``loss.backward()`` and
+    ``optimizer.step()`` exactly. Enabled, each loss is multiplied by the scale, :meth:`step` unscales the gradients
+    and skips an optimizer whose gradients are not finite, and :meth:`end_step` updates the scale once per training
+    step, and only when something stepped (a step that steps nothing leaves the scaler nothing to update). A step is
+    counted in :attr:`skipped_steps` when the scale dropped, i.e. some optimizer's gradients overflowed.
+    """
+
+    def __init__(self, device_type: str, enabled: bool = False):
+        import torch
+
+        self.scaler = torch.amp.GradScaler(device_type, enabled=enabled)
+        #: Training steps in which some optimizer's gradients overflowed, so that its update was skipped.
+        self.skipped_steps = 0
+        self._stepping: torch.optim.Optimizer | None = None  # the optimizer :meth:`step` is stepping
+        self._stepped = False  # whether an optimizer stepped in the training step in progress
+
+    @property
+    def enabled(self) -> bool:
+        return self.scaler.is_enabled()
+
+    @property
+    def scale(self) -> float:
+        """The current loss scale (1 when disabled)."""
+        return float(self.scaler.get_scale()) if self.enabled else 1.0
+
+    def backward(self, loss: torch.Tensor, **kwargs: Any) -> None:
+        self.scaler.scale(loss).backward(**kwargs)
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        self._stepping = optimizer
+        try:
+            self.scaler.step(optimizer)
+        finally:
+            self._stepping = None
+        self._stepped = True
+
+    def is_stepping(self, optimizer: torch.optim.Optimizer) -> bool:
+        """Whether ``optimizer``'s step in progress came through :meth:`step`."""
+        return self._stepping is optimizer
+
+    def guard(self, optimizers, owner: str) -> None:
+        """Make each of ``optimizers`` refuse a step that does not come through :meth:`step` (when enabled): its
+        gradients would be applied still multiplied by the scale. ``owner`` names the method in the message."""
+        if not self.enabled:
+            return
+
+        def only_scaled_steps(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+            if not self.is_stepping(optimizer):
+                raise RuntimeError(
+                    f"Method {owner!r} stepped an optimizer ({type(optimizer).__name__}) directly under --precision "
+                    f"fp16: its gradients carry the loss scale. Back-propagate with self.backward(loss) and step "
+                    f"with self.step(optimizer), as the suite's methods do, or train it with --precision bf16 or "
+                    f"fp32.")
+
+        for optimizer in optimizers:
+            optimizer.register_step_pre_hook(only_scaled_steps)
+
+    def end_step(self) -> None:
+        if self.enabled and self._stepped:
+            before = self.scaler.get_scale()
+            self.scaler.update()
+            self.skipped_steps += int(self.scaler.get_scale() < before)
+        self._stepped = False
+
+    def state_dict(self) -> dict[str, Any]:
+        """The scaler's state and the skipped-step count, for a checkpoint (empty when disabled)."""
+        if not self.enabled:
+            return {}
+        return {"grad_scaler": self.scaler.state_dict(), "skipped_steps": self.skipped_steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved (a checkpoint without it leaves the scaler as it is)."""
+        if "grad_scaler" in state:
+            self.scaler.load_state_dict(state["grad_scaler"])
+            self.skipped_steps = int(state["skipped_steps"])
+
+    def summary(self) -> dict[str, Any]:
+        """For ``result.json``: the final loss scale and the skipped steps (empty when disabled)."""
+        return {"loss_scale": self.scale, "skipped_steps": self.skipped_steps} if self.enabled else {}
+
+
+__all__ = ["LossScaler", "MEMORY_FORMATS", "PRECISIONS", "auto_precision", "autocast", "bf16_supported",
+           "compute_settings", "memory_format", "parse_memory_format", "parse_precision", "to_memory_format"]

@@ -391,19 +391,19 @@ def _precision_line(specs: Sequence[TrialSpec], device: str) -> str:
     return line + (f" Memory format {', '.join(layouts)}." if layouts else "")
 
 
-def run_grid(specs: list[TrialSpec], out: Path, *, cpus_per_trial: float = 1, gpus_per_trial: float | str = 0,
+def run_grid(specs: list[TrialSpec], out: Path, *, cpus_per_trial: float | str = 1, gpus_per_trial: float | str = 0,
              address: str | None = None, retry_failed: bool = False, num_cpus: int | None = None,
              num_gpus: float | None = None, log: Callable[[str], None] = print, display: RunDisplay | None = None,
              tracker: str | None = None, announce: Callable[[str], None] = print,
              search: Search | None = None) -> RunSummary:
     """Run every unfinished trial of ``specs`` on Ray Tune, recording each in ``out``'s results store.
 
-    ``gpus_per_trial`` may be ``"auto"`` (:func:`benchmark.resources.resolve_placement`); the request is checked
-    against the cluster's nodes before any cache is prepared or trial started, and ``announce`` gets the line that
-    names the device and how many trials run at once. ``display`` shows the run as it goes (default: the standard
-    display on stdout); ``tracker`` names an experiment tracker of :data:`benchmark.tracking.TRACKERS` that the
-    trials' losses are logged to. ``search`` runs the trials as a hyperparameter search under its scheduler; a
-    trial the scheduler stops is recorded as ``stopped``.
+    ``cpus_per_trial`` and ``gpus_per_trial`` may be ``"auto"`` (:func:`benchmark.resources.resolve_placement`); the
+    request is checked against the cluster's nodes before any cache is prepared or trial started, and ``announce``
+    gets the line that names the device and how many trials run at once. ``display`` shows the run as it goes
+    (default: the standard display on stdout); ``tracker`` names an experiment tracker of
+    :data:`benchmark.tracking.TRACKERS` that the trials' losses are logged to. ``search`` runs the trials as a
+    hyperparameter search under its scheduler; a trial the scheduler stops is recorded as ``stopped``.
     """
     store = ResultsStore(out)
     todo = []
@@ -424,7 +424,6 @@ def run_grid(specs: list[TrialSpec], out: Path, *, cpus_per_trial: float = 1, gp
     # unfinished ones as errors, which this function would then record as failed. Without it the interrupt
     # reaches the caller, Ray shuts down, finished trials stay recorded and unfinished ones resume next time.
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
-    param_space = {"spec": [s.to_dict() for s in todo], "store": str(store.root.resolve()), "cpus": cpus_per_trial}
     display = display or RunDisplay()
     # a resumed trial's log already holds its earlier attempts; a verbose display shows only what comes now
     offsets = {s.trial_id: _size(store.trial_dir(s) / TRIAL_LOG) for s in todo}
@@ -434,6 +433,7 @@ def run_grid(specs: list[TrialSpec], out: Path, *, cpus_per_trial: float = 1, gp
         if search is not None:
             placement = dataclasses.replace(placement, concurrent=min(placement.concurrent, search.concurrent))
         announce(placement.describe() + _precision_line(todo, placement.device))
+        param_space = {"spec": [s.to_dict() for s in todo], "store": str(store.root.resolve()), "cpus": placement.cpus}
         _prepare_caches(todo, log)
         display.begin(len(todo), skipped=len(specs) - len(todo))
         try:

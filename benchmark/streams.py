@@ -46,11 +46,16 @@ class Batch:
     target_labeled_y: torch.Tensor | None = None
 
     def to(self, device: torch.device | str, memory_format: torch.memory_format = torch.preserve_format) -> "Batch":
-        """The batch on ``device``; images (4D) in ``memory_format`` (e.g. ``torch.channels_last``)."""
-        return Batch(**{k: (None if v is None else v.to(device, non_blocking=True,
-                                                         memory_format=memory_format if v.dim() == 4
-                                                         else torch.preserve_format))
+        """The batch on ``device``; images (4D) in ``memory_format`` (e.g. ``torch.channels_last``), labels int64
+        (compact uint8 labels, as a drawing process sends them, are widened after the move)."""
+        return Batch(**{k: (None if v is None else _widen(v.to(device, non_blocking=True,
+                                                                memory_format=memory_format if v.dim() == 4
+                                                                else torch.preserve_format)))
                         for k, v in vars(self).items()})
+
+
+def _widen(t: torch.Tensor) -> torch.Tensor:
+    return t.long() if t.dtype == torch.uint8 else t
 
 
 @dataclass(frozen=True)

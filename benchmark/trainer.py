@@ -42,15 +42,15 @@ FINAL_WEIGHTS = "model.pt"
 Reporter = Callable[[dict[str, Any]], None]
 #: Between logged steps, a trial reports its step at most this often (a heartbeat for the live display).
 PROGRESS_EVERY_S = 2.0
-#: On a GPU, each worker thread keeps this many batches drawn ahead of the step. None on CPU, where a trial is
-#: given one core and a drawing thread would only take time from the step (or from another trial's core).
+#: On a GPU, each drawing process keeps this many batches drawn ahead of the step. None on CPU, where a trial is
+#: given one core and a drawing process would only take time from the step (or from another trial's core).
 PREFETCH_CUDA = 2
 
 
 def input_pipeline(device: torch.device) -> dict[str, Any]:
-    """How a trial on ``device`` draws its batches: ``workers`` background threads (on a GPU one per CPU core the
-    trial is given: torch's thread count, which Ray sets to the trial's CPUs), ``prefetch`` steps ahead,
-    ``pin_memory`` for the copy."""
+    """How a trial on ``device`` draws its batches (:class:`benchmark.data.Prefetcher`): ``workers`` background
+    processes (on a GPU one per CPU core the trial is given: torch's thread count, which the runner sets to the
+    trial's CPUs), ``prefetch`` steps ahead, ``pin_memory`` for the copy; on a CPU in the loop's own thread."""
     if device.type != "cuda":
         return {"prefetch": 0, "pin_memory": False, "workers": 0}
     workers = max(1, torch.get_num_threads())
@@ -153,7 +153,7 @@ def _save_checkpoint(path: Path, method: Method, schedulers: list, step: int, tr
     atomic_torch_save({"method": method.state_dict(), "step": step,
                         "optimizers": [o.state_dict() for o in method.optimizers],
                         "schedulers": [s.state_dict() for s in schedulers], "train_s": train_s,
-                        **method.scaler_state()}, path)
+                        **method.loss_scaler.state_dict()}, path)
 
 
 def _resume(path: Path, method: Method, schedulers: list, device: torch.device) -> tuple[int, float]:
@@ -166,7 +166,7 @@ def _resume(path: Path, method: Method, schedulers: list, device: torch.device) 
         opt.load_state_dict(s)
     for sch, s in zip(schedulers, state["schedulers"]):
         sch.load_state_dict(s)
-    method.load_scaler_state(state)
+    method.loss_scaler.load_state_dict(state)
     return state["step"], state["train_s"]
 
 
@@ -178,7 +178,7 @@ def train(spec: TrialSpec, method: Method, sampler: BatchSampler, trial_dir: Pat
     """Run (or resume) the training loop of a trial; returns the last step's losses and the training seconds.
 
     Step ``t`` re-seeds torch from ``(seed, t)`` and draws its batch from the sampler's step ``t`` (``pipeline``,
-    default :func:`input_pipeline`: drawn ahead by background threads on a GPU, the same batches) and trains it
+    default :func:`input_pipeline`: drawn ahead by background processes on a GPU, the same batches) and trains it
     under ``compute`` (:func:`benchmark.precision.compute_settings`, default float32, contiguous); a checkpoint is
     written atomically every ``checkpoint_every`` steps, so an interrupted trial resumes exactly where it stopped.
     Every ``log_every`` steps it logs a step line and reports ``{"step", "total_steps", "timesteps_total", losses}``;
@@ -270,13 +270,6 @@ def determinism_settings(device: torch.device) -> dict[str, Any]:
             "cudnn": torch.backends.cudnn.version() if cuda else None}
 
 
-def loss_scaling_summary(method: Method) -> dict[str, Any]:
-    """Under fp16: the loss scale the trial ended with and how many of its steps overflowed and were skipped."""
-    if not method.grad_scaler.is_enabled():
-        return {}
-    return {"loss_scale": float(method.grad_scaler.get_scale()), "skipped_steps": int(method.skipped_steps)}
-
-
 @dataclass
 class TrialSetup:
     """What a trial trains with: its dataset, slice cache, streams, batch sampler, compute settings and method."""
@@ -355,6 +348,6 @@ def run_trial(spec: TrialSpec, trial_dir: Path, *, device: torch.device | str = 
             "timing": {"train_s": round(train_s, 3), "eval_s": round(eval_s, 3),
                        "total_s": round(time.perf_counter() - t0, 3)},
             "device": str(device), "determinism": determinism_settings(device), "input_pipeline": pipeline,
-            "compute": {**compute, **loss_scaling_summary(method)},
+            "compute": {**compute, **method.loss_scaler.summary()},
             "labeled_volumes": {name: {"modality": s.modality, "cases": list(s.cases)}
                                 for name, s in streams.items() if s.labeled}}

@@ -88,7 +88,9 @@ def add_tune_parser(sub, presets: str, csv: Callable[[str], list[str]], int_list
     t.add_argument("--select-every", type=int, default=None,
                    help="steps between candidates, the scheduler's rungs (default: the preset's checkpoint_every)")
     t.add_argument("--out", default="runs/tune", help="results directory")
-    t.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPU cores Ray reserves for each trial")
+    t.add_argument("--cpus-per-trial", default="auto",
+                   help="CPU cores Ray reserves for each trial: a number, or auto (the default): 1 on a cluster "
+                        "without GPUs, else a GPU node's CPUs shared among the trials its GPUs run at once")
     t.add_argument("--gpus-per-trial", default="auto", help="as for run")
     t.add_argument("--precision", default="auto", metavar="{auto,fp32,bf16,fp16}", help="as for run")
     t.add_argument("--memory-format", default="auto", metavar="{auto,contiguous,channels_last}", help="as for run")
@@ -102,7 +104,7 @@ def search_specs(args: argparse.Namespace) -> tuple[str, int, list[list]]:
     """The validator, the candidate interval and the trials of every search (one list per direction, method, shots
     and seed), checked before anything runs."""
     from .presets import select_interval
-    from .resources import check_trial_request
+    from .resources import check_trial_request, parse_cpus
     from .runner import build_grid
     from .validators import DEFAULT_HOLDOUT
 
@@ -115,6 +117,7 @@ def search_specs(args: argparse.Namespace) -> tuple[str, int, list[list]]:
         raise UsageError(f"--samples {args.samples} is impossible: a search runs at least one sample.")
     if args.concurrent < 1:
         raise UsageError(f"--concurrent {args.concurrent} is impossible: run at least one trial at a time.")
+    args.cpus_per_trial = parse_cpus(args.cpus_per_trial)
     check_trial_request(args.cpus_per_trial, args.steps)
     every = select_interval(args.preset, args.select_every)
     validation = {"source_val": DEFAULT_HOLDOUT, "select_every": every, "search": args.scheduler,

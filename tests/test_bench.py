@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -27,20 +28,27 @@ def test_bench_reports_every_method_and_the_ratios(tmp_path, capsys):
     assert ratios["source_only_of_gemm_rate"] == pytest.approx(ratios["source_only_gflops"]
                                                                / report["machine"]["gemm_gflops"])
     assert "x the bare loop's step time" in out and f"Report: {path}" in out
+    pipeline = report["input_pipeline"]
+    assert pipeline["workers"] == len(os.sched_getaffinity(0)) and pipeline["batches_per_s"] > 0
+    assert ratios["pipeline_over_source_only_step"] == pytest.approx(pipeline["batches_per_s"]
+                                                                     * source_only["step_ms"] / 1e3)
+    assert f"input pipeline (source_only's batches, {pipeline['workers']} drawing process(es))" in out
     assert report["memory_format"] == "contiguous" and "memory format contiguous" in out
 
 
 def test_bench_times_the_requested_memory_format(tmp_path, capsys):
     path = tmp_path / "bench.json"
     assert main(["bench", "--methods", "source_only", "--steps", "1", "--memory-format", "channels_last",
-                 "--json", str(path)]) == 0
+                 "--workers", "1", "--json", str(path)]) == 0
     report = json.loads(path.read_text())
     assert report["memory_format"] == "channels_last" and report["methods"][0]["memory_format"] == "channels_last"
+    assert report["input_pipeline"]["workers"] == 1  # --workers 1
     assert "memory format channels_last" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("args, message", [
     (["--steps", "0"], "--steps 0 is impossible: time at least one step."),
+    (["--workers", "0"], "--workers 0 is impossible: the input pipeline draws with at least one process."),
     (["--methods", "nosuch"], "Unknown method 'nosuch'"),
     (["--precision", "fp8"], "--precision 'fp8' is not a precision"),
     (["--memory-format", "nhwc"], "--memory-format 'nhwc' is not a memory format; use one of auto, contiguous, "

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-
+import multiprocessing
+import os
+import signal
 import threading
 
 import numpy as np
@@ -136,20 +138,66 @@ def _same_batch(a, b) -> bool:
                for x, y in zip(vars(a).values(), vars(b).values()))
 
 
-@pytest.mark.parametrize("depth, workers", [(0, 1), (1, 1), (3, 1), (8, 4)])
+def _quick_sampler(adapter, cache, seed: int, streams=("source", "target"), shots: int = 4) -> BatchSampler:
+    spec = TrialSpec(dataset="synthetic-heart", direction="mr2ct", method="x", shots=shots, seed=seed,
+                     preset="quick")
+    return BatchSampler(cache, build_streams(adapter, spec, streams), batch_size=4, seed=seed)
+
+
+@pytest.mark.parametrize("depth, workers", [(0, 1), (1, 1), (3, 1), (8, 2)])
 def test_prefetching_changes_no_batch(adapter, cache, depth, workers):
-    spec = TrialSpec(dataset="synthetic-heart", direction="mr2ct", method="x", shots=4, seed=3, preset="quick")
-    sampler = BatchSampler(cache, build_streams(adapter, spec, ("source", "target")), batch_size=4, seed=3)
+    sampler = _quick_sampler(adapter, cache, seed=3)
     direct = [sampler.batch(step) for step in range(50)]
-    threads = threading.active_count()
+    rng = torch.get_rng_state()
     with Prefetcher(sampler, 0, 50, depth, workers=workers) as batches:
-        ahead = [batches.batch(step) for step in range(50)]
-        assert threads + (depth > 0) <= threading.active_count() <= threads + (depth > 0) * workers
-    assert threading.active_count() == threads  # the drawing threads are joined on exit
+        assert len(multiprocessing.active_children()) == (workers if depth else 0)
+        ahead = [batches.batch(step).to("cpu") for step in range(50)]
+    assert multiprocessing.active_children() == []  # the drawing processes are joined on exit
+    assert torch.equal(torch.get_rng_state(), rng)  # the loader seeded its workers without the trial's generator
     assert all(_same_batch(a, b) for a, b in zip(direct, ahead))
+    assert ahead[0].source_y.dtype == torch.int64  # compact uint8 labels are widened by Batch.to
     # a resumed loop starts further on and gets that step's batches
     with Prefetcher(sampler, 20, 50, depth, workers=workers) as batches:
-        assert all(_same_batch(direct[step], batches.batch(step)) for step in range(20, 30))
+        assert all(_same_batch(direct[step], batches.batch(step).to("cpu")) for step in range(20, 30))
+
+
+def test_a_shared_batch_is_the_batch_with_compact_labels(adapter, cache):
+    sampler = _quick_sampler(adapter, cache, seed=4)
+    plain, shared = sampler.batch(6), sampler.batch(6, shared=True)
+    assert shared.source_x.is_shared() and shared.source_y.is_shared() and shared.source_y.dtype == torch.uint8
+    assert not plain.source_x.is_shared() and plain.source_y.dtype == torch.int64
+    assert _same_batch(plain, shared.to("cpu"))
+
+
+def test_a_failing_worker_raises_its_own_error(adapter, cache, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(cache.path, copy)
+    sampler = _quick_sampler(adapter, SliceCache(copy), seed=0, streams=("source",))
+    (copy / "mr_images.npy").unlink()  # the workers open the arrays on their first draw
+    with pytest.raises(benchmark.errors.DataError) as err:
+        with Prefetcher(sampler, 0, 10, 2, workers=1) as batches:
+            batches.batch(0)
+    # the error the caller's own draw raises, not the loader's wrapping of the worker's traceback
+    assert str(err.value).startswith(f"The slice cache file {copy / 'mr_images.npy'} is missing or corrupt")
+    assert "DataLoader worker" not in str(err.value)
+    assert multiprocessing.active_children() == []
+
+
+def test_a_crashed_worker_is_replaced_by_drawing_in_the_loop(adapter, cache):
+    sampler = _quick_sampler(adapter, cache, seed=1)
+    direct = [sampler.batch(step) for step in range(12)]
+    got = []
+    with pytest.warns(RuntimeWarning, match=r"A batch-drawing worker failed at step \d+ \(RuntimeError\); the "
+                                            r"trial draws its batches in its own process from here on"):
+        with Prefetcher(sampler, 0, 12, 2, workers=1) as batches:
+            got.append(batches.batch(0).to("cpu"))
+            (worker,) = multiprocessing.active_children()
+            os.kill(worker.pid, signal.SIGKILL)
+            worker.join()
+            got += [batches.batch(step).to("cpu") for step in range(1, 12)]
+    assert all(_same_batch(a, b) for a, b in zip(direct, got))
 
 
 def test_threads_drawing_at_once_get_the_batches_of_their_steps(adapter, cache):
@@ -176,16 +224,17 @@ def test_threads_drawing_at_once_get_the_batches_of_their_steps(adapter, cache):
     assert all(_same_batch(direct[step], got[k, step]) for k in range(len(orders)) for step in range(40))
 
 
-def test_prefetcher_joins_its_thread_when_the_loop_raises(adapter, cache):
-    spec = TrialSpec(dataset="synthetic-heart", direction="mr2ct", method="x", shots=1, seed=0, preset="quick")
-    sampler = BatchSampler(cache, build_streams(adapter, spec, ("source",)), batch_size=2, seed=0)
-    threads = threading.active_count()
+def test_prefetcher_stops_its_workers_when_the_loop_raises(adapter, cache):
+    sampler = _quick_sampler(adapter, cache, seed=0, streams=("source",), shots=1)
     with pytest.raises(KeyboardInterrupt):
-        with Prefetcher(sampler, 0, 100, 4) as batches:
+        with Prefetcher(sampler, 0, 100, 4, workers=2) as batches:
             batches.batch(0)
             raise KeyboardInterrupt
-    assert threading.active_count() == threads
+    assert multiprocessing.active_children() == []
     with pytest.raises(ValueError, match="prefetch depth must be at least 0, not -1"):
         Prefetcher(sampler, 0, 10, -1)
     with pytest.raises(ValueError, match="prefetch workers must be at least 1 to draw ahead, not 0"):
         Prefetcher(sampler, 0, 10, 2, workers=0)
+    with Prefetcher(sampler, 3, 10, 0) as batches:
+        with pytest.raises(ValueError, match=r"The prefetcher hands out steps 3 to 9 in order; step 4 was asked for"):
+            batches.batch(4)

@@ -156,7 +156,7 @@ def test_loss_scaling_in_float32_changes_no_gradient_and_no_weight(entry):
         assert same(params_of(plain), params_of(scaled))
         assert all((p.grad is None and q.grad is None) or torch.equal(p.grad, q.grad)
                    for p, q in zip(plain.parameters(), scaled.parameters()))
-    assert scaled.grad_scaler.get_scale() == 2.0 ** 16 and scaled.skipped_steps == 0
+    assert scaled.loss_scaler.scale == 2.0 ** 16 and scaled.loss_scaler.skipped_steps == 0
 
 
 def test_an_overflowing_step_is_skipped_and_the_scale_halved():
@@ -167,11 +167,11 @@ def test_an_overflowing_step_is_skipped_and_the_scale_halved():
     before = params_of(method)
     method.train_step(make_batch(0), 0)
     assert same(params_of(method), before)  # the whole optimizer skipped its step
-    assert method.grad_scaler.get_scale() == 2.0 ** 15 and method.skipped_steps == 1
+    assert method.loss_scaler.scale == 2.0 ** 15 and method.loss_scaler.skipped_steps == 1
     hook.remove()
     method.train_step(make_batch(1), 1)
     assert not same(params_of(method), before)
-    assert method.grad_scaler.get_scale() == 2.0 ** 15 and method.skipped_steps == 1
+    assert method.loss_scaler.scale == 2.0 ** 15 and method.loss_scaler.skipped_steps == 1
 
 
 def test_a_step_around_the_scaler_is_refused():
@@ -210,6 +210,6 @@ def test_an_fp16_checkpoint_resumes_with_its_loss_scale(tmp_path):
     assert saved["grad_scaler"]["scale"] == 2.0 ** 15 and saved["skipped_steps"] == 1
     resumed, resumed_schedulers = method()
     assert _resume(tmp_path / CHECKPOINT, resumed, resumed_schedulers, torch.device("cpu")) == (2, 0.0)
-    assert (resumed.grad_scaler.get_scale(), resumed.skipped_steps) == (2.0 ** 15, 1)
+    assert (resumed.loss_scaler.scale, resumed.loss_scaler.skipped_steps) == (2.0 ** 15, 1)
     run(resumed, resumed_schedulers, [2])
-    assert same(params_of(resumed), params_of(whole)) and resumed.grad_scaler.get_scale() == 2.0 ** 15
+    assert same(params_of(resumed), params_of(whole)) and resumed.loss_scaler.scale == 2.0 ** 15

@@ -1,4 +1,5 @@
-"""``--gpus-per-trial auto`` and resource requests checked against the cluster before any trial starts."""
+"""``--gpus-per-trial auto``, ``--cpus-per-trial auto`` and resource requests checked against the cluster before any
+trial starts."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 
 from benchmark.cli import main
 from benchmark.errors import UsageError
-from benchmark.resources import AUTO, parse_gpus, resolve_placement
+from benchmark.resources import AUTO, check_trial_request, parse_cpus, parse_gpus, resolve_placement
 from benchmark.store import ResultsStore
 
 CPU_ONLY = [{"CPU": 2.0, "memory": 1e10}]
@@ -35,6 +36,35 @@ def test_auto_is_no_gpu_on_a_cpu_cluster_and_one_per_trial_with_gpus():
                               "16 CPUs and 1 GPU.")
     two_nodes = resolve_placement(2.0, AUTO, [{"CPU": 16.0, "GPU": 4.0}, {"CPU": 8.0}])
     assert (two_nodes.gpus, two_nodes.concurrent) == (1.0, 4)  # the CPU-only node can hold no GPU trial
+
+
+def test_parse_cpus():
+    assert parse_cpus("auto") == AUTO and parse_cpus(" Auto ") == AUTO and parse_cpus("2") == 2.0
+    with pytest.raises(UsageError, match=r"--cpus-per-trial 'many' is neither 'auto' nor a number of CPUs"):
+        parse_cpus("many")
+    for bad in ("0", "-2", "nan"):
+        with pytest.raises(UsageError, match=rf"--cpus-per-trial {bad} is impossible: give a positive number"):
+            check_trial_request(parse_cpus(bad), None)
+    check_trial_request(AUTO, 5)  # auto is resolved against the cluster later
+
+
+def test_auto_cpus_are_one_per_trial_without_gpus_and_a_gpu_nodes_share_with_them():
+    cpu = resolve_placement(AUTO, AUTO, CPU_ONLY)
+    assert (cpu.cpus, cpu.gpus, cpu.concurrent) == (1.0, 0.0, 2)  # every core trains a trial, as before
+    assert cpu.describe().startswith("Device: cpu, 1 CPU per trial (auto: the cluster has no GPU); 2 trials")
+    gpu = resolve_placement(AUTO, AUTO, ONE_GPU)
+    assert (gpu.cpus, gpu.gpus, gpu.concurrent) == (16.0, 1.0, 1)  # the whole node feeds its one GPU trial
+    assert gpu.describe() == ("Device: cuda, 1 GPU and 16 CPUs per trial (auto); 1 trial at a time on 1 node with "
+                              "16 CPUs and 1 GPU.")
+    quarter = resolve_placement(AUTO, 0.25, ONE_GPU)
+    assert (quarter.cpus, quarter.concurrent) == (4.0, 4)  # four trials share the GPU and the 16 CPUs
+    assert resolve_placement(AUTO, 0.25, ONE_GPU).describe().startswith(
+        "Device: cuda, 0.25 GPUs and 4 CPUs per trial (auto); 4 trials at a time")
+    # the smallest GPU node's share, so a trial fits on every GPU node; the CPU-only node takes no GPU trial
+    mixed = resolve_placement(AUTO, 1.0, [{"CPU": 32.0, "GPU": 4.0}, {"CPU": 12.0, "GPU": 2.0}, {"CPU": 64.0}])
+    assert (mixed.cpus, mixed.concurrent) == (6.0, 6)
+    assert resolve_placement(AUTO, 1.0, [{"CPU": 2.0, "GPU": 4.0}]).cpus == 1.0  # at least one CPU
+    assert resolve_placement(AUTO, 0.0, ONE_GPU).cpus == 1.0  # a CPU-only run on a GPU node: one core per trial
 
 
 def test_fractions_pack_trials_onto_one_gpu():
