@@ -21,6 +21,7 @@ table, or one whose rows all lack a mean Dice, gives a figure saying "no results
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -238,6 +239,28 @@ def board_figure(df: pd.DataFrame, title: str | None = None):
         return _board_figure(df, title)
 
 
+#: Width (inches) of a board's Dice panel and structure panel (one column: the Dice panel alone) that a panel
+#: title may fill; a longer title (a tuned row's preset with its overrides) wraps, as one too wide for the panel
+#: would overlap its neighbour's or leave the layout no room for the axes.
+_TITLE_WIDTH_IN = {1: (6.0,), 2: (2.2, 2.75)}
+#: Height of one more line of a panel title.
+_TITLE_LINE_IN = 1.25 * BASE_FONT_PT / 72
+
+
+def _panel_title(text: str, width_in: float) -> str:
+    """``text`` wrapped after its commas, brackets and spaces (a piece too long for a line anywhere) to ``width_in``."""
+    chars = max(12, int(width_in * 72 / (0.5 * BASE_FONT_PT)))  # DejaVu Sans: about half an em a character
+    pieces = [piece for part in re.split(r"(?<=[,[ ])", text) if part
+              for piece in (part[i:i + chars] for i in range(0, len(part), chars))]
+    lines = [""]
+    for piece in pieces:
+        if lines[-1] and len(lines[-1]) + len(piece.rstrip()) > chars:
+            lines.append(piece.lstrip())
+        else:
+            lines[-1] += piece
+    return "\n".join(line.rstrip() for line in lines)
+
+
 def _board_figure(df: pd.DataFrame, title: str | None):
     if title is None:
         title = _default_title(df)
@@ -250,28 +273,38 @@ def _board_figure(df: pd.DataFrame, title: str | None):
     order = list(styles)
     panels = sorted(set(zip(rows["preset"], rows["selection"])))
     ncols = 2 if structures else 1
-    fig = _new_figure(ROW_HEIGHT_IN * len(panels))
+    letters = iter("abcdefghijklmnopqrstuvwxyz" * 4)
+    widths = _TITLE_WIDTH_IN[ncols]
+    plan = []  # per row of panels: its rows, the structure panel's shot count and the panels' titles
+    for preset, selection in panels:
+        sub = rows[((rows["preset"] == preset) & (rows["selection"] == selection)).to_numpy()]
+        where = f"{preset}, {selection}"
+        shot = _structure_shot(sub, structures) if ncols == 2 else None
+        titles = [_panel_title(f"({next(letters)}) {where}", widths[0])]
+        if ncols == 2:
+            titles.append(_panel_title(f"({next(letters)}) {where}" + ("" if shot is None else f", shots={shot}"),
+                                       widths[1]))
+        plan.append((sub, shot, titles))
+    # the figure grows by a wrapped title's extra lines, so every row's axes keep their height (constrained layout
+    # gives the titles their margins and the axes equal shares of the rest)
+    heights = [ROW_HEIGHT_IN + _TITLE_LINE_IN * (max(t.count("\n") for t in titles)) for _, _, titles in plan]
+    fig = _new_figure(sum(heights))
     axes = fig.subplots(len(panels), ncols, squeeze=False,
                         gridspec_kw={"width_ratios": [1.0, 1.25]} if ncols == 2 else None)
     drawn: set[str] = set()
     kinds: set = set()
-    letters = iter("abcdefghijklmnopqrstuvwxyz" * 4)
-    for row_axes, (preset, selection) in zip(axes, panels):
-        sub = rows[((rows["preset"] == preset) & (rows["selection"] == selection)).to_numpy()]
-        where = f"{preset}, {selection}"
+    for row_axes, (sub, shot, titles) in zip(axes, plan):
         ax = row_axes[0]
         drawn.update(_dice_panel(ax, sub, order, styles, kinds))
-        ax.set_title(f"({next(letters)}) {where}", loc="left")
+        ax.set_title(titles[0], loc="left")
         if ncols == 2:
             ax = row_axes[1]
-            shot = _structure_shot(sub, structures)
             if shot is None:
                 ax.text(0.5, 0.5, "no per-structure Dice", ha="center", va="center", transform=ax.transAxes)
                 ax.set_xticks([])
-                ax.set_title(f"({next(letters)}) {where}", loc="left")
             else:
                 drawn.update(_structure_panel(ax, sub, structures, shot, order, styles))
-                ax.set_title(f"({next(letters)}) {where}, shots={shot}", loc="left")
+            ax.set_title(titles[1], loc="left")
         for ax in row_axes:
             ax.set_ylim(0.0, 1.0)
             ax.grid(axis="y")
@@ -284,8 +317,7 @@ def _board_figure(df: pd.DataFrame, title: str | None):
                              handlelength=2.6, columnspacing=1.2)
     if title:
         fig.suptitle(title)
-    fig.set_size_inches(FIG_WIDTH_IN, ROW_HEIGHT_IN * len(panels) + _legend_height_in(fig, legend)
-                        + (0.45 if title else 0.1))
+    fig.set_size_inches(FIG_WIDTH_IN, sum(heights) + _legend_height_in(fig, legend) + (0.45 if title else 0.1))
     return fig
 
 

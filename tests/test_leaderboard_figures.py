@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import random
+import warnings
 import xml.etree.ElementTree as ET
 
 import matplotlib
@@ -276,6 +277,31 @@ def test_one_row_of_panels_per_preset_and_selection():
     (legend,) = fig.legends
     assert len(legend.get_texts()) == 14
     assert all(not legend.get_window_extent().overlaps(ax.get_window_extent()) for ax in fig.axes)
+
+
+def test_a_tuned_rows_long_preset_wraps_its_panel_titles_without_overlap():
+    # a tuned row's preset names every override; unwrapped, its titles overlapped the neighbouring panel's and
+    # left constrained layout no room for the axes (matplotlib warned and gave up)
+    preset = 'quick[samples=4,search="asha",select_every=2,source_val=0.2,steps=4,tune_by="snd"]'
+    df = pd.concat([_board(methods=["source_only", "oracle"]),
+                    _board(methods=["source_only"], shots=(1,)).assign(preset=preset, selection="tuned-snd")],
+                   ignore_index=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "constrained_layout not applied" included
+        fig = lf.board_figure(df, "synthetic-heart / mr2ct")
+        fig.canvas.draw()
+    titles = [ax.get_title(loc="left") for ax in fig.axes]
+    assert titles[:2] == ["(a) quick, last", "(b) quick, last, shots=4"]  # short titles stay on one line
+    assert len(titles[2].split("\n")) > 3
+    assert [t.replace("\n", "").replace(" ", "") for t in titles[2:]] == [
+        f"(c){preset},tuned-snd", f"(d){preset},tuned-snd,shots=1"]  # wrapped at commas, nothing lost
+    assert all(len(line) <= 28 for t in titles for line in t.split("\n"))
+    renderer = fig.canvas.get_renderer()
+    boxes = [ax._left_title.get_window_extent(renderer) for ax in fig.axes]
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    # each title stays above its own axes, which keep the height of an unwrapped row
+    heights = [ax.get_window_extent(renderer).height for ax in fig.axes]
+    assert min(heights) > 0.9 * max(heights)
 
 
 def test_text_is_at_least_7pt_when_printed_one_column_wide(fig):
