@@ -106,12 +106,18 @@ def bare_loop(settings: dict[str, Any], device: torch.device, steps: int, comput
     return {"step_s": (time.perf_counter() - t0) / steps, "gflop_per_step": counter.get_total_flops() / 1e9}
 
 
+def _spec(entry: str, preset: str, **settings: Any):
+    """The one trial of ``entry`` that bench times: the synthetic heart, 1 shot, seed 0, mr2ct."""
+    (spec,) = build_grid(dataset=DATASET, methods=[entry], shots=[1], directions=[DIRECTION], seeds=[0],
+                         preset=preset, **settings)
+    return spec
+
+
 def bench_method(entry: str, preset: str, steps: int, device: torch.device, requested: str = "auto",
                  log=lambda s: None, layout: str = "auto") -> dict[str, Any]:
     """Steps per second, peak memory and sampler throughput of one ``--methods`` entry (a trial of ``steps``)."""
-    (spec,) = build_grid(dataset=DATASET, methods=[entry], shots=[1], directions=[DIRECTION], seeds=[0],
-                         preset=preset, precision=requested, memory_format=layout,
-                         preset_overrides={"steps": steps, "log_every": 10 ** 9, "checkpoint_every": 10 ** 9})
+    spec = _spec(entry, preset, precision=requested, memory_format=layout,
+                 preset_overrides={"steps": steps, "log_every": 10 ** 9, "checkpoint_every": 10 ** 9})
     setup = setup_trial(spec, device, log)
     sampler, method, compute = setup.sampler, setup.method, setup.compute
     t0 = time.perf_counter()
@@ -136,9 +142,8 @@ def pipeline_throughput(preset: str, steps: int, workers: int, device: torch.dev
     """Batches per second of ``source_only``'s input pipeline drawn ahead by ``workers`` processes, over at least
     ``steps`` and eight batches per worker, timed after the first batch (which waits for the workers to start)."""
     total = 1 + max(steps, 8 * workers)
-    (spec,) = build_grid(dataset=DATASET, methods=["source_only"], shots=[1], directions=[DIRECTION], seeds=[0],
-                         preset=preset, preset_overrides={"steps": total})
-    sampler = setup_trial(spec, device, lambda s: None).sampler
+    sampler = setup_trial(_spec("source_only", preset, preset_overrides={"steps": total}), device,
+                          lambda s: None).sampler
     t0 = time.perf_counter()
     with Prefetcher(sampler, 0, total, PREFETCH_CUDA * workers, pin_memory=device.type == "cuda",
                     workers=workers) as batches:
@@ -170,8 +175,7 @@ def run_bench(methods: Sequence[str] | None = None, *, preset: str = "quick", st
     if device.type == "cpu" and threads:
         torch.set_num_threads(threads)
     methods = list(methods or registry.METHODS.names())
-    (spec,) = build_grid(dataset=DATASET, methods=["source_only"], shots=[1], directions=[DIRECTION], seeds=[0],
-                         preset=preset, precision=precision, memory_format=memory_format)
+    spec = _spec("source_only", preset, precision=precision, memory_format=memory_format)
     compute = compute_settings(spec.precision, device, registry.METHODS.get("source_only"), spec.memory_format)
     gemm = gemm_gflops(device)
     bare = bare_loop(spec.preset_settings, device, steps, compute)

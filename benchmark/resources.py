@@ -21,27 +21,27 @@ AUTO = "auto"
 _EPS = 1e-9
 
 
-def parse_gpus(value: str) -> float | str:
-    """``--gpus-per-trial``: ``auto`` or a non-negative number (a fraction packs trials onto one GPU)."""
-    if str(value).strip().lower() == AUTO:
-        return AUTO
-    try:
-        gpus = float(value)
-    except ValueError:
-        raise UsageError(f"--gpus-per-trial {value!r} is neither 'auto' nor a number of GPUs, e.g. 1 or 0.5.") from None
-    if not math.isfinite(gpus) or gpus < 0:
-        raise UsageError(f"--gpus-per-trial {value} is impossible: give 'auto', 0 or a positive number of GPUs.")
-    return gpus
-
-
-def parse_cpus(value: str) -> float | str:
-    """``--cpus-per-trial``: ``auto`` or a positive number of CPUs."""
+def _auto_or_number(value: str, flag: str, unit: str, examples: str) -> float | str:
+    """``auto`` or the number ``value`` of ``flag``, refused with a message naming the flag when it is neither."""
     if str(value).strip().lower() == AUTO:
         return AUTO
     try:
         return float(value)
     except ValueError:
-        raise UsageError(f"--cpus-per-trial {value!r} is neither 'auto' nor a number of CPUs, e.g. 1 or 4.") from None
+        raise UsageError(f"{flag} {value!r} is neither 'auto' nor a number of {unit}, e.g. {examples}.") from None
+
+
+def parse_gpus(value: str) -> float | str:
+    """``--gpus-per-trial``: ``auto`` or a non-negative number (a fraction packs trials onto one GPU)."""
+    gpus = _auto_or_number(value, "--gpus-per-trial", "GPUs", "1 or 0.5")
+    if gpus != AUTO and (not math.isfinite(gpus) or gpus < 0):
+        raise UsageError(f"--gpus-per-trial {value} is impossible: give 'auto', 0 or a positive number of GPUs.")
+    return gpus
+
+
+def parse_cpus(value: str) -> float | str:
+    """``--cpus-per-trial``: ``auto`` or a number of CPUs (:func:`check_trial_request` refuses a non-positive one)."""
+    return _auto_or_number(value, "--cpus-per-trial", "CPUs", "1 or 4")
 
 
 def check_trial_request(cpus_per_trial: float | str, steps: int | None) -> None:
