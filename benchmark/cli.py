@@ -83,7 +83,8 @@ def build_parser(prog: str = "python -m benchmark") -> argparse.ArgumentParser:
                     help="latex: a booktabs table per track, best per column in bold, 95%% intervals")
 
     pub = sub.add_parser("publish", help="merge a run's rows into leaderboards/<dataset>/<direction>.csv")
-    pub.add_argument("dir", nargs="?", default=DEFAULT_OUT, help="the run directory (--out of run) to publish")
+    pub.add_argument("dir", nargs="?", default=None, help=f"the run directory (--out of run) to publish (default: "
+                                                          f"{DEFAULT_OUT})")
     pub.add_argument("--to", default=None,
                      help="leaderboards directory (default: the checkout's leaderboards/; an installed copy needs it)")
     pub.add_argument("--selection", default=None,
@@ -92,6 +93,9 @@ def build_parser(prog: str = "python -m benchmark") -> argparse.ArgumentParser:
     pub.add_argument("--allow-dirty", action="store_true",
                      help="allow rows whose trials ran from a tree with uncommitted changes")
     pub.add_argument("--dry-run", action="store_true", help="print what would be added and replaced; write nothing")
+    pub.add_argument("--rerender", action="store_true",
+                     help="publish no rows: draw every board's figures again from its published tables (after a "
+                          "change to how figures are drawn); refused if a table would change")
 
     pr = sub.add_parser("prepare", help="build a dataset's slice cache")
     pr.add_argument("dataset", nargs="?", default="synthetic-heart", help="a registered dataset, as ls lists them")
@@ -337,7 +341,9 @@ def cmd_publish(args: argparse.Namespace) -> int:
     from .leaderboard import build_rows, publish, volume_rows
     from .store import ResultsStore
 
-    directory = Path(args.dir)
+    if args.rerender:
+        return _rerender(args)
+    directory = Path(args.dir or DEFAULT_OUT)
     if not (directory / "trials").is_dir():
         raise UsageError(f"{directory} is not a run directory (it has no trials/ folder); pass the --out of a run.")
     from .selection import expand_selections, parse_selection
@@ -353,6 +359,23 @@ def cmd_publish(args: argparse.Namespace) -> int:
     for path in publish(rows, target, volumes=volume_rows(records), validators=validator_tables(raw),
                         replace=args.replace, allow_dirty=args.allow_dirty, dry_run=args.dry_run, log=print):
         print(f"Published {path}")
+    return 0
+
+
+def _rerender(args: argparse.Namespace) -> int:
+    from .leaderboard_publish import rerender
+    from .store import git_commit
+
+    if args.dir is not None or args.selection is not None or args.replace:
+        raise UsageError("publish --rerender publishes no rows, so it takes no run directory, --selection or "
+                         "--replace; run it alone (with --to, --dry-run or --allow-dirty).")
+    commit = git_commit()
+    if commit.endswith("-dirty") and not args.allow_dirty and not args.dry_run:
+        raise UsageError(f"Re-rendering refused, nothing was written: the checkout has uncommitted changes "
+                         f"({commit}), so the figures would come from code no commit holds. Commit first, or pass "
+                         f"--allow-dirty.")
+    for path in rerender(leaderboards_dir(args.to), dry_run=args.dry_run, log=print):
+        print(f"Wrote {path}")
     return 0
 
 

@@ -27,7 +27,8 @@ from __future__ import annotations
 
 from .leaderboard_aggregate import (build_rows, method_label, preset_label, recompute_gap_closed, sort_rows,
                                     volume_rows)
-from .leaderboard_publish import publish, publish_plan, read_leaderboard, read_volumes, write_leaderboards
+from .leaderboard_publish import (publish, publish_plan, read_leaderboard, read_volumes, rerender,
+                                  write_leaderboards)
 from .leaderboard_render import format_latex, format_table, render_markdown
 from .leaderboard_schema import (COLUMN_DESCRIPTIONS, COLUMNS, KEY_COLUMNS, LEAD_COLUMNS, METRICS, README_TEXT,
                                  ROW_KEY, TAIL_COLUMNS, columns_for, normalize_shots, shots_sort_key, structures_of,
@@ -61,4 +62,5 @@ __all__ = [
     "publish_plan",
     "track_rows",
     "publish",
+    "rerender",
 ]

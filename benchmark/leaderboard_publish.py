@@ -134,8 +134,9 @@ def _write_track(df: pd.DataFrame, root: Path, dataset: str, direction: str, pro
         atomic_write_text(_volumes_path(csv_path), volumes.to_csv(index=False, lineterminator="\n"))
     atomic_write_text(csv_path, _csv_text(df))
     atomic_write_text(csv_path.with_suffix(".md"), render_markdown(df))
-    atomic_write_bytes(csv_path.with_suffix(".png"), render_board(df, title, fmt="png"))
-    atomic_write_bytes(csv_path.with_suffix(".svg"), render_board(df, title, fmt="svg"))
+    shown = read_leaderboard(csv_path)  # figures drawn from the table as published, so it alone redraws them
+    atomic_write_bytes(csv_path.with_suffix(".png"), render_board(shown, title, fmt="png"))
+    atomic_write_bytes(csv_path.with_suffix(".svg"), render_board(shown, title, fmt="svg"))
     ranks_path = csv_path.with_name(csv_path.stem + ".ranks.png")
     if samples:
         group, by_name = max(samples.items(), key=lambda kv: (normalize_shots(kv[0][0]) if isinstance(
@@ -364,3 +365,81 @@ def _supersede(existing: pd.DataFrame, volumes: pd.DataFrame, incoming: pd.DataF
     path = _write_track(_merge_track(gone, kept), root, dataset, direction, PROTOCOL, archived_volumes,
                         superseded=True)
     return existing[~mask].reset_index(drop=True), volumes[~moving].reset_index(drop=True), [path]
+
+
+#: The files of a track that :func:`rerender` draws again. The table and per-volume table it only checks; the
+#: Markdown it leaves as published, since that was written from unrounded values and would move in the third decimal
+#: if written again from the table's rounded ones.
+RENDERED_SUFFIXES = (".png", ".svg", ".ranks.png")
+
+
+def _track_file(csv_path: Path, suffix: str) -> Path:
+    return csv_path.with_name(csv_path.stem + suffix)
+
+
+def _rerendered_boards(root: Path) -> list[tuple[Path, str, str, bool]]:
+    """The boards of the current protocol under ``root``: (CSV path, dataset, direction, superseded)."""
+    boards = []
+    for dataset_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        for superseded in (False, True):
+            folder = _csv_path(root, dataset_dir.name, "x", PROTOCOL, superseded).parent
+            if not folder.is_dir():
+                continue
+            for csv_path in sorted(folder.glob("*.csv")):
+                if csv_path.name.endswith((VOLUMES_SUFFIX, ".validators.csv")):
+                    continue
+                boards.append((csv_path, dataset_dir.name, csv_path.stem, superseded))
+    return boards
+
+
+def rerender(leaderboards_dir: str | os.PathLike[str], *, dry_run: bool = False,
+             log: Callable[[str], None] | None = None) -> list[Path]:
+    """Draw the figures of every published board of the current protocol (the boards and their superseded archives)
+    again from the tables already published, after a change to how figures are drawn; boards of earlier protocols
+    stay as they were archived, and the Markdown as it was published (:data:`RENDERED_SUFFIXES`).
+
+    Each board is written again, as :func:`publish` writes it, into a scratch folder, and its table and per-volume
+    table must come out byte for byte as published: a re-render moves no number. If any does not, nothing is
+    written and a :class:`UsageError` names the board. Only files whose bytes change are replaced; each is reported
+    through ``log``. Returns the paths written (none with ``dry_run``).
+    """
+    import tempfile
+
+    root = Path(leaderboards_dir)
+    log = log or (lambda line: None)
+    boards = _rerendered_boards(root) if root.is_dir() else []
+    if not boards:
+        raise UsageError(f"{root} holds no {PROTOCOL} leaderboards to re-render (no <dataset>/<direction>.csv).")
+    changed: list[tuple[Path, bytes]] = []
+    moved: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="rerender-") as scratch:
+        for csv_path, dataset, direction, superseded in boards:
+            volumes = read_volumes(csv_path)
+            fresh = _write_track(read_leaderboard(csv_path), Path(scratch), dataset, direction,
+                                 volumes=volumes if len(volumes) else None, superseded=superseded)
+            for suffix in (".csv", VOLUMES_SUFFIX):
+                old, new = _track_file(csv_path, suffix), _track_file(fresh, suffix)
+                if old.exists() and new.exists() and old.read_bytes() != new.read_bytes():
+                    moved.append(str(old.relative_to(root)))
+            for suffix in RENDERED_SUFFIXES:
+                new = _track_file(fresh, suffix)
+                if new.exists() and (not _track_file(csv_path, suffix).exists()
+                                     or _track_file(csv_path, suffix).read_bytes() != new.read_bytes()):
+                    changed.append((_track_file(csv_path, suffix), new.read_bytes()))
+    if moved:
+        raise UsageError(f"Re-rendering refused, nothing was written: {', '.join(moved)} would change when written "
+                         f"again from the published rows, so this version of the suite computes the boards' numbers "
+                         f"differently from the one that published them; publish the rows again from a run instead.")
+    readme = README_TEXT + validator_summary(root)
+    readme_path = root / "README.md"
+    if not readme_path.exists() or readme_path.read_text() != readme:
+        changed.append((readme_path, readme.encode()))
+    for path, _ in changed:
+        log(("would re-render " if dry_run else "re-render ") + str(path.relative_to(root)))
+    if not changed:
+        log(f"every board under {root} is drawn as this version of the suite draws it")
+    if dry_run:
+        return []
+    for path, data in changed:
+        atomic_write_bytes(path, data)
+    return [path for path, _ in changed]

@@ -212,7 +212,9 @@ direction (a *track*):
 * `<dataset>/<direction>.md`  - the same table rendered as Markdown;
 * `<dataset>/<direction>.png` and `.svg` - mean Dice against the number of
   shots with 95% confidence intervals, one line per row, and the Dice of each
-  structure at the largest shot count;
+  structure at the largest shot count, drawn from the table as published
+  (`python -m benchmark publish --rerender` draws them again after a change
+  to how figures are drawn, and refuses if a table would change);
 * `<dataset>/<direction>.ranks.png` - each row's bootstrap rank distribution
   (a challengeR "blob plot") at the largest shot count;
 * `<dataset>/<direction>.volumes.csv` - one line per trial x test volume x

@@ -220,3 +220,59 @@ def test_a_short_run_published_into_a_copy_of_the_repository_boards_changes_no_p
         assert (path.parent / "archive" / protocol / path.name).read_text() == text
     short = lb.read_leaderboard(copy / "synthetic-heart" / "mr2ct.csv")
     assert list(short[short["preset"] == "quick[steps=20]"]["method"]) == ["metahallu"]
+
+
+def _files(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_rerender_draws_stale_figures_again_and_changes_nothing_else(board):
+    boards = board.parent.parent
+    publish([record("metahallu", s, 0.5, version="2") for s in range(3)], boards)  # a superseded archive too
+    archive_png = board.parent / "archive" / PROTOCOL / "superseded" / "mr2ct.png"
+    published = _files(boards)
+    stale = [board.with_suffix(".png"), board.with_suffix(".svg"), archive_png]
+    for path in stale:
+        path.write_bytes(b"drawn by an earlier version")
+    board.with_suffix(".md").write_text("kept as published")
+    lines = []
+    assert lb.rerender(boards, dry_run=True, log=lines.append) == []
+    assert lines == [f"would re-render {p.relative_to(boards)}" for p in sorted(stale, key=lambda p: (
+        p.parent != board.parent, p))]
+    assert board.with_suffix(".png").read_bytes() == b"drawn by an earlier version"
+    assert sorted(lb.rerender(boards)) == sorted(stale)
+    after = _files(boards)
+    assert after.pop(board.with_suffix(".md").relative_to(boards)) == b"kept as published"
+    published.pop(board.with_suffix(".md").relative_to(boards))
+    assert after == published  # the figures as publish drew them, and every other byte as it was
+    lines = []
+    assert lb.rerender(boards, log=lines.append) == []
+    assert lines == [f"every board under {boards} is drawn as this version of the suite draws it"]
+
+
+def test_rerender_refuses_when_a_table_would_change_and_writes_nothing(board):
+    boards = board.parent.parent
+    cells = pd.read_csv(board, dtype=str, keep_default_na=False)
+    row = cells.index[cells["method"] == "metahallu"][0]
+    cells.loc[row, "dice_ci_low"] = f"{float(cells.loc[row, 'dice_ci_low']) - 0.01:.4f}"  # not what the volumes give
+    board.write_text(cells.to_csv(index=False, lineterminator="\n"))
+    board.with_suffix(".png").write_bytes(b"stale")
+    with pytest.raises(UsageError, match=r"Re-rendering refused, nothing was written: synthetic-heart/mr2ct\.csv "
+                                         r"would change"):
+        lb.rerender(boards)
+    assert board.with_suffix(".png").read_bytes() == b"stale"
+    with pytest.raises(UsageError, match=r"holds no fsuda-v\d+ leaderboards to re-render"):
+        lb.rerender(board.parent / "nothing-here")
+
+
+def test_publish_rerender_takes_no_run_and_refuses_uncommitted_code(board, monkeypatch, capsys):
+    assert main(["publish", "runs", "--rerender", "--to", str(board.parent.parent)]) == 2
+    assert "publish --rerender publishes no rows, so it takes no run directory" in capsys.readouterr().err
+    board.with_suffix(".png").write_bytes(b"stale")
+    monkeypatch.setattr("benchmark.store.git_commit", lambda: "c0ffee-dirty")
+    assert main(["publish", "--rerender", "--to", str(board.parent.parent)]) == 2
+    assert "the checkout has uncommitted changes (c0ffee-dirty)" in capsys.readouterr().err
+    assert board.with_suffix(".png").read_bytes() == b"stale"
+    assert main(["publish", "--rerender", "--allow-dirty", "--to", str(board.parent.parent)]) == 0
+    assert capsys.readouterr().out.splitlines() == ["re-render synthetic-heart/mr2ct.png",
+                                                    f"Wrote {board.with_suffix('.png')}"]
