@@ -57,7 +57,7 @@ def test_same_seed_same_numbers_and_resume_is_exact(tmp_path):
 
 
 def test_prefetching_changes_no_number(tmp_path, monkeypatch):
-    # the GPU's input pipeline (batches drawn ahead by two threads), forced on the CPU: the same trial, bit for bit
+    # the GPU's input pipeline (batches drawn ahead by two processes), forced on the CPU: the same trial, bit for bit
     from benchmark import trainer
 
     spec = make_spec("metahallu", steps=4)
