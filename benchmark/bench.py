@@ -41,7 +41,7 @@ from .models import build_segmenter
 from .precision import autocast, compute_settings, memory_format, to_memory_format
 from .runner import build_grid
 from .data import Prefetcher
-from .trainer import PREFETCH_CUDA, cpu_model, input_pipeline, setup_trial, train
+from .trainer import PREFETCH_CUDA, cpu_identity, cpu_model, input_pipeline, setup_trial, train
 
 DATASET, DIRECTION = "synthetic-heart", "mr2ct"
 #: Matrix side of the GEMM rate, large enough to reach a CPU's peak and small enough to take a fraction of a second.
@@ -191,6 +191,7 @@ def run_bench(methods: Sequence[str] | None = None, *, preset: str = "quick", st
     report: dict[str, Any] = {
         "machine": {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
                     "cpu_capability": torch.backends.cpu.get_cpu_capability(), "processor": cpu_model(),
+                    "cpu_id": cpu_identity(),
                     "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
                     "gemm_gflops": gemm},
         "preset": preset, "steps": steps, "precision": precision, "memory_format": compute["memory_format"],

@@ -254,6 +254,21 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_identity() -> str | None:
+    """The first CPU's vendor, family, model and stepping (``/proc/cpuinfo`` on x86 Linux), e.g. ``AuthenticAMD
+    family 26 model 2 stepping 1``; ``None`` where the kernel does not report them. A virtual machine may report a
+    bare model name (``AMD EPYC``) for CPUs of several generations, which these numbers tell apart."""
+    try:
+        first = Path("/proc/cpuinfo").read_text().split("\n\n", 1)[0]
+    except OSError:
+        return None
+    fields = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in first.splitlines())}
+    keys = ("vendor_id", "cpu family", "model", "stepping")
+    if not all(fields.get(k) for k in keys):
+        return None
+    return f"{fields['vendor_id']} family {fields['cpu family']} model {fields['model']} stepping {fields['stepping']}"
+
+
 def determinism_settings(device: torch.device) -> dict[str, Any]:
     """The settings that decide whether a trial repeats bit for bit, as recorded in its ``result.json``."""
     cuda = device.type == "cuda"
@@ -263,6 +278,7 @@ def determinism_settings(device: torch.device) -> dict[str, Any]:
             # the vector instructions torch's CPU kernels use (e.g. AVX2, AVX512): they can change float results
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "cpu_model": cpu_model(),
+            "cpu_id": cpu_identity(),
             "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
             "cudnn_deterministic": bool(torch.backends.cudnn.deterministic),
             "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),

@@ -101,6 +101,13 @@ def test_the_record_names_labeled_volumes_versions_and_determinism(finished):
         names = {line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
                  if line.startswith("model name")}
         assert det["cpu_model"] in names
+        first = cpuinfo.read_text().split("\n\n")[0].splitlines()
+        value = {line.split(":", 1)[0].strip(): line.split(":", 1)[1].strip() for line in first if ":" in line}
+        if "cpu family" in value:  # x86: the numbers that tell CPU generations apart under one model name
+            assert det["cpu_id"] == (f"{value['vendor_id']} family {value['cpu family']} model {value['model']} "
+                                     f"stepping {value['stepping']}")
+        else:
+            assert det["cpu_id"] is None
     else:
         assert det["cpu_model"] == (platform.processor() or platform.machine())
     versions = record["versions"]
