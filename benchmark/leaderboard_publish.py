@@ -52,15 +52,23 @@ def _safe_component(name: str, what: str) -> str:
     return name
 
 
-def _csv_path(root: Path, dataset: str, direction: str, protocol: str = PROTOCOL, superseded: bool = False) -> Path:
-    """Where a track's board of ``protocol`` lives: the board itself for the current protocol, else its archive;
-    ``superseded``: the archive of the protocol's rows of earlier method versions."""
+def _track_folder(root: Path, dataset: str, protocol: str = PROTOCOL, superseded: bool = False) -> Path:
+    """The folder of a dataset's boards of ``protocol``: the dataset's own for the current protocol, else its
+    archive; ``superseded``: the archive of the protocol's rows of earlier method versions."""
     folder = root / _safe_component(dataset, "dataset")
     if protocol != PROTOCOL or superseded:
         folder = folder / ARCHIVE / _safe_component(protocol, "protocol")
-    if superseded:
-        folder = folder / SUPERSEDED
-    return folder / f"{_safe_component(direction, 'direction')}.csv"
+    return folder / SUPERSEDED if superseded else folder
+
+
+def _csv_path(root: Path, dataset: str, direction: str, protocol: str = PROTOCOL, superseded: bool = False) -> Path:
+    """Where a track's board of ``protocol`` lives (:func:`_track_folder`)."""
+    return _track_folder(root, dataset, protocol, superseded) / f"{_safe_component(direction, 'direction')}.csv"
+
+
+def _track_file(csv_path: Path, suffix: str) -> Path:
+    """A file beside a board: ``<direction><suffix>``, e.g. ``.volumes.csv`` or ``.ranks.png``."""
+    return csv_path.with_name(csv_path.stem + suffix)
 
 
 def _versions(rows: pd.DataFrame) -> dict[str, set[str]]:
@@ -101,10 +109,11 @@ def read_leaderboard(path: str | os.PathLike[str]) -> pd.DataFrame:
 
 
 VOLUMES_SUFFIX = ".volumes.csv"
+VALIDATORS_SUFFIX = ".validators.csv"
 
 
 def _volumes_path(csv_path: Path) -> Path:
-    return csv_path.with_name(csv_path.stem + VOLUMES_SUFFIX)
+    return _track_file(csv_path, VOLUMES_SUFFIX)
 
 
 def read_volumes(csv_path: str | os.PathLike[str]) -> pd.DataFrame:
@@ -137,7 +146,7 @@ def _write_track(df: pd.DataFrame, root: Path, dataset: str, direction: str, pro
     shown = read_leaderboard(csv_path)  # figures drawn from the table as published, so it alone redraws them
     atomic_write_bytes(csv_path.with_suffix(".png"), render_board(shown, title, fmt="png"))
     atomic_write_bytes(csv_path.with_suffix(".svg"), render_board(shown, title, fmt="svg"))
-    ranks_path = csv_path.with_name(csv_path.stem + ".ranks.png")
+    ranks_path = _track_file(csv_path, ".ranks.png")
     if samples:
         group, by_name = max(samples.items(), key=lambda kv: (normalize_shots(kv[0][0]) if isinstance(
             normalize_shots(kv[0][0]), int) else 10 ** 9, len(kv[1])))
@@ -171,7 +180,7 @@ def write_leaderboards(records: list[dict], out_dir: str | os.PathLike[str],
 
 
 def _validators_path(root: Path, dataset: str, direction: str) -> Path:
-    return _csv_path(root, dataset, direction).with_suffix(".validators.csv")
+    return _track_file(_csv_path(root, dataset, direction), VALIDATORS_SUFFIX)
 
 
 def _structures_with_data(df: pd.DataFrame, structures: Sequence[str]) -> list[str]:
@@ -373,20 +382,16 @@ def _supersede(existing: pd.DataFrame, volumes: pd.DataFrame, incoming: pd.DataF
 RENDERED_SUFFIXES = (".png", ".svg", ".ranks.png")
 
 
-def _track_file(csv_path: Path, suffix: str) -> Path:
-    return csv_path.with_name(csv_path.stem + suffix)
-
-
 def _rerendered_boards(root: Path) -> list[tuple[Path, str, str, bool]]:
     """The boards of the current protocol under ``root``: (CSV path, dataset, direction, superseded)."""
     boards = []
     for dataset_dir in sorted(p for p in root.iterdir() if p.is_dir()):
         for superseded in (False, True):
-            folder = _csv_path(root, dataset_dir.name, "x", PROTOCOL, superseded).parent
+            folder = _track_folder(root, dataset_dir.name, PROTOCOL, superseded)
             if not folder.is_dir():
                 continue
             for csv_path in sorted(folder.glob("*.csv")):
-                if csv_path.name.endswith((VOLUMES_SUFFIX, ".validators.csv")):
+                if csv_path.name.endswith((VOLUMES_SUFFIX, VALIDATORS_SUFFIX)):
                     continue
                 boards.append((csv_path, dataset_dir.name, csv_path.stem, superseded))
     return boards
@@ -422,10 +427,9 @@ def rerender(leaderboards_dir: str | os.PathLike[str], *, dry_run: bool = False,
                 if old.exists() and new.exists() and old.read_bytes() != new.read_bytes():
                     moved.append(str(old.relative_to(root)))
             for suffix in RENDERED_SUFFIXES:
-                new = _track_file(fresh, suffix)
-                if new.exists() and (not _track_file(csv_path, suffix).exists()
-                                     or _track_file(csv_path, suffix).read_bytes() != new.read_bytes()):
-                    changed.append((_track_file(csv_path, suffix), new.read_bytes()))
+                old, new = _track_file(csv_path, suffix), _track_file(fresh, suffix)
+                if new.exists() and (not old.exists() or old.read_bytes() != new.read_bytes()):
+                    changed.append((old, new.read_bytes()))
     if moved:
         raise UsageError(f"Re-rendering refused, nothing was written: {', '.join(moved)} would change when written "
                          f"again from the published rows, so this version of the suite computes the boards' numbers "

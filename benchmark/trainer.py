@@ -242,29 +242,27 @@ def _report_step(report: Reporter | None, step: int, total: int, losses: dict[st
     return time.monotonic()
 
 
+def _first_cpu() -> dict[str, str]:
+    """The fields of the first processor in ``/proc/cpuinfo`` (empty where there is none, e.g. off Linux)."""
+    try:
+        first = Path("/proc/cpuinfo").read_text().split("\n\n", 1)[0]
+    except OSError:
+        return {}
+    return {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in first.splitlines())}
+
+
 def cpu_model() -> str:
     """The CPU's model name (``/proc/cpuinfo`` on Linux), else what :mod:`platform` knows: two CPUs with the same
     vector instructions can still give different float results, so a record names the model too."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return _first_cpu().get("model name") or platform.processor() or platform.machine()
 
 
 def cpu_identity() -> str | None:
     """The first CPU's vendor, family, model and stepping (``/proc/cpuinfo`` on x86 Linux), e.g. ``AuthenticAMD
     family 26 model 2 stepping 1``; ``None`` where the kernel does not report them. A virtual machine may report a
     bare model name (``AMD EPYC``) for CPUs of several generations, which these numbers tell apart."""
-    try:
-        first = Path("/proc/cpuinfo").read_text().split("\n\n", 1)[0]
-    except OSError:
-        return None
-    fields = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in first.splitlines())}
-    keys = ("vendor_id", "cpu family", "model", "stepping")
-    if not all(fields.get(k) for k in keys):
+    fields = _first_cpu()
+    if not all(fields.get(k) for k in ("vendor_id", "cpu family", "model", "stepping")):
         return None
     return f"{fields['vendor_id']} family {fields['cpu family']} model {fields['model']} stepping {fields['stepping']}"
 
