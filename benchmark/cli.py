@@ -314,11 +314,12 @@ def _load_rows(directory: Path):
     import pandas as pd
 
     from .leaderboard import build_rows, read_leaderboard
+    from .leaderboard_publish import board_csvs
     from .store import ResultsStore
 
     if (directory / "trials").is_dir():
         return build_rows(list(ResultsStore(directory).records()))
-    csvs = sorted(directory.glob("*/*.csv")) or sorted(directory.glob("*.csv"))
+    csvs = board_csvs(directory.glob("*/*.csv")) or board_csvs(directory.glob("*.csv"))
     if not csvs:
         raise UsageError(f"{directory} holds neither a run (a trials/ folder) nor leaderboard CSVs.")
     return pd.concat([read_leaderboard(p) for p in csvs], ignore_index=True)

@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
 import pandas as pd
 
-from .errors import UsageError
+from .errors import DataError, UsageError
 from .io import atomic_write_bytes, atomic_write_text
 from .leaderboard_aggregate import (VOLUME_COLUMNS, build_rows, recompute_gap_closed, sort_rows, sort_volumes,
                                     volume_rows)
@@ -101,15 +102,33 @@ def _csv_text(df: pd.DataFrame) -> str:
     return out.to_csv(index=False, na_rep="", lineterminator="\n")
 
 
+@contextmanager
+def _reading(path: str | os.PathLike[str]) -> Iterator[None]:
+    """A published file that cannot be parsed becomes a :class:`DataError` naming it (and how to get it back)."""
+    try:
+        yield
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, KeyError, ValueError, TypeError,
+            AttributeError) as exc:  # a malformed cell reaches conform as NaN or as text of another type
+        raise DataError(f"The leaderboard file {path} cannot be read ({type(exc).__name__}: {exc}). Its files are "
+                        f"written by publish, never by hand: restore it from git (git checkout -- {path}) or "
+                        f"publish its rows again from their run.") from None
+
+
 def read_leaderboard(path: str | os.PathLike[str]) -> pd.DataFrame:
     """Read a leaderboard CSV: empty cells become NaN in numeric columns (and
     ``""`` in text columns); ``shots`` holds ints and ``"all"``."""
-    raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
-    return conform(raw, structures_of(raw))
+    with _reading(path):
+        raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+        return conform(raw, structures_of(raw))
 
 
 VOLUMES_SUFFIX = ".volumes.csv"
 VALIDATORS_SUFFIX = ".validators.csv"
+
+
+def board_csvs(paths: Iterable[Path]) -> list[Path]:
+    """The boards among ``paths`` (CSV files), sorted: not the per-volume or validator tables beside them."""
+    return sorted(p for p in paths if not p.name.endswith((VOLUMES_SUFFIX, VALIDATORS_SUFFIX)))
 
 
 def _volumes_path(csv_path: Path) -> Path:
@@ -121,11 +140,12 @@ def read_volumes(csv_path: str | os.PathLike[str]) -> pd.DataFrame:
     path = _volumes_path(Path(csv_path))
     if not path.exists():
         return pd.DataFrame(columns=VOLUME_COLUMNS)
-    raw = pd.read_csv(path, dtype={c: str for c in ("method", "shots", "selection", "preset", "dataset_version",
-                                                    "method_version", "case", "structure", "trial_id", "commit")},
-                      keep_default_na=False)
-    raw["shots"] = [normalize_shots(v) for v in raw["shots"]]
-    return raw[VOLUME_COLUMNS]
+    with _reading(path):
+        raw = pd.read_csv(path, dtype={c: str for c in ("method", "shots", "selection", "preset", "dataset_version",
+                                                        "method_version", "case", "structure", "trial_id",
+                                                        "commit")}, keep_default_na=False)
+        raw["shots"] = [normalize_shots(v) for v in raw["shots"]]
+        return raw[VOLUME_COLUMNS]
 
 
 def _write_track(df: pd.DataFrame, root: Path, dataset: str, direction: str, protocol: str = PROTOCOL,
@@ -390,10 +410,8 @@ def _rerendered_boards(root: Path) -> list[tuple[Path, str, str, bool]]:
             folder = _track_folder(root, dataset_dir.name, PROTOCOL, superseded)
             if not folder.is_dir():
                 continue
-            for csv_path in sorted(folder.glob("*.csv")):
-                if csv_path.name.endswith((VOLUMES_SUFFIX, VALIDATORS_SUFFIX)):
-                    continue
-                boards.append((csv_path, dataset_dir.name, csv_path.stem, superseded))
+            boards += [(csv_path, dataset_dir.name, csv_path.stem, superseded)
+                       for csv_path in board_csvs(folder.glob("*.csv"))]
     return boards
 
 

@@ -12,6 +12,7 @@ from scipy import stats as sps
 
 from benchmark import leaderboard as lb
 from benchmark.cli import main
+from benchmark import errors as benchmark_errors
 from benchmark.errors import UsageError
 from benchmark.presets import get_preset
 from benchmark.protocol import PROTOCOL
@@ -276,3 +277,27 @@ def test_publish_rerender_takes_no_run_and_refuses_uncommitted_code(board, monke
     assert main(["publish", "--rerender", "--allow-dirty", "--to", str(board.parent.parent)]) == 0
     assert capsys.readouterr().out.splitlines() == ["re-render synthetic-heart/mr2ct.png",
                                                     f"Wrote {board.with_suffix('.png')}"]
+
+
+def test_leaderboard_prints_a_published_folder_beside_its_per_volume_and_validator_tables(board, capsys):
+    # the per-volume and validator tables beside a board are not boards: reading them as boards used to crash
+    boards = board.parent.parent
+    board.with_name("mr2ct.validators.csv").write_text("method,validator,spearman\nmetahallu,entropy,0.5\n")
+    assert board.with_name("mr2ct.volumes.csv").exists()
+    assert main(["leaderboard", str(boards)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "synthetic-heart / mr2ct"
+    assert sorted(line.split()[0] for line in lines[2:] if line.strip()) == ["metahallu", "oracle", "source_only"]
+
+
+@pytest.mark.parametrize("text", ['dataset,direction\n"unterminated\n', "dataset,direction\nx,y\n", ""])
+def test_an_unreadable_board_is_named_with_how_to_restore_it(board, capsys, text):
+    before = board.with_suffix(".png").read_bytes()
+    board.write_text(text)
+    assert main(["publish", "--rerender", "--allow-dirty", "--to", str(board.parent.parent)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: The leaderboard file {board} cannot be read (")
+    assert f"restore it from git (git checkout -- {board}) or publish its rows again" in err
+    assert "Traceback" not in err and board.with_suffix(".png").read_bytes() == before
+    with pytest.raises(benchmark_errors.DataError, match="cannot be read"):
+        publish([record("advent", 0, 0.4)], board.parent.parent)
